@@ -1,0 +1,204 @@
+"""GuestsTier: every LXC and VM of the lab, their images, the deploy key and each guest's bootstrap.
+
+Ids are explicit (auto ids race on concurrent creates); disk, CPU, memory and network are
+always set (omitted blocks fall back to defaults that force replacement later); tags are
+lowercase and sorted as Proxmox stores them.
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_proxmoxve as pve
+import pulumi_tls as tls
+from pulumi_command import remote
+
+from components.base import APPLY, Context, GuestHandle
+from phoenix.bundle import GuestFile, pack
+from phoenix.model import Guest
+from phoenix.render import config_text
+from phoenix.render.guests import render_user_data
+
+#: start order: name service first, the CA before anything that asks it for certificates.
+START_ORDER = {"dns": 1, "ca": 2, "mesh": 3, "gateway": 4, "gpu": 5, "portainer": 6, "agent": 7}
+
+
+class GuestsTier(pulumi.ComponentResource):
+    deploy_public_key: pulumi.Output[str]
+    addresses: pulumi.Output[dict]
+
+    def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("phoenix:tier:Guests", name, None, opts)
+        lab, topo = ctx.lab, ctx.topo
+        self._ctx = ctx
+        pve_opts = pulumi.ResourceOptions(parent=self, provider=ctx.provider)
+        self.deploy_key = tls.PrivateKey("deploy-key", tls.PrivateKeyArgs(algorithm="ED25519"),
+                                         opts=pulumi.ResourceOptions(parent=self, protect=True))
+        self.images = self._images(pve_opts)
+        self.gpu_mappings = self._gpu_mappings(pve_opts)
+        for g in lab.guests:
+            resource = self._lxc(g, pve_opts) if g.kind == "lxc" else self._vm(g, pve_opts)
+            handle = GuestHandle(g, resource, self._connection(g))
+            handle.ready = [self._bootstrap(handle)]
+            ctx.guests[g.name] = handle
+        self.deploy_public_key = self.deploy_key.public_key_openssh
+        self.addresses = pulumi.Output.from_input({g.name: str(g.address) for g in lab.guests})
+        self.register_outputs({"deploy_public_key": self.deploy_public_key, "addresses": self.addresses})
+
+    # -- images, per node that needs them ------------------------------------------------
+    def _images(self, opts) -> dict[tuple[str, str], pve.download.File]:
+        lab, out = self._ctx.lab, {}
+        for g in lab.guests:
+            key = (g.image, g.node)
+            if key in out:
+                continue
+            img = lab.images[g.image]
+            out[key] = pve.download.File(
+                f"image-{g.image}-{g.node}",
+                pve.download.FileArgs(
+                    node_name=g.node, datastore_id=lab.proxmox.image_datastore,
+                    # cloud images go in as "import" content for import_from; they must be uncompressed.
+                    content_type="vztmpl" if img.kind == "lxc" else "import",
+                    url=img.url, file_name=img.file_name, checksum=img.checksum,
+                    checksum_algorithm=img.checksum_algorithm if img.checksum else None,
+                    overwrite=False),
+                opts=opts)
+        return out
+
+    def _gpu_mappings(self, opts) -> dict[str, pve.hardware.mapping.Pci]:
+        out: dict[str, pve.hardware.mapping.Pci] = {}
+        for g in self._ctx.lab.guests:
+            if not g.gpu_mapping:
+                continue
+            maps = [pve.hardware.mapping.PciMapArgs(id=g.gpu_pci_id, node=g.node, path=g.gpu_pci_path)]
+            out[g.gpu_mapping] = pve.hardware.mapping.Pci(
+                f"gpu-mapping-{g.gpu_mapping}",
+                pve.hardware.mapping.PciArgs(name=g.gpu_mapping, maps=maps,
+                                             comment=f"GPU for {g.name}, managed by Phoenix"),
+                opts=opts)
+        return out
+
+    # -- guests ----------------------------------------------------------------------------
+    def _common(self, g: Guest) -> dict:
+        lab = self._ctx.lab
+        return dict(node_name=g.node, vm_id=g.id,
+                    description=f"{g.role} guest, managed by Phoenix",
+                    tags=sorted({"phoenix", g.role, *g.tags}),
+                    protection=g.role == "ca")
+
+    def _dns_servers(self, g: Guest) -> list[str]:
+        # Every guest resolves through the internal view; the DNS guest asks itself.
+        return ["127.0.0.1"] if g.role == "dns" else [str(self._ctx.topo.dns.address)]
+
+    def _lxc(self, g: Guest, opts) -> pve.ContainerLegacy:
+        lab, topo = self._ctx.lab, self._ctx.topo
+        net = lab.network
+        devices = [pve.ContainerLegacyDevicePassthroughArgs(path=p, mode="0666")
+                   for p in gpu_device_paths(g)]
+        return pve.ContainerLegacy(
+            g.name,
+            pve.ContainerLegacyArgs(
+                **self._common(g),
+                unprivileged=True,
+                start_on_boot=True, started=True,
+                startup=pve.ContainerLegacyStartupArgs(order=START_ORDER[g.role], up_delay=5),
+                cpu=pve.ContainerLegacyCpuArgs(cores=g.cores),
+                memory=pve.ContainerLegacyMemoryArgs(dedicated=g.memory, swap=0),
+                disk=pve.ContainerLegacyDiskArgs(datastore_id=lab.proxmox.datastore, size=g.disk),
+                features=pve.ContainerLegacyFeaturesArgs(nesting=True),
+                network_interfaces=[pve.ContainerLegacyNetworkInterfaceArgs(
+                    name="eth0", bridge=net.bridge, vlan_id=net.vlan, firewall=True)],
+                initialization=pve.ContainerLegacyInitializationArgs(
+                    hostname=g.name,
+                    dns=pve.ContainerLegacyInitializationDnsArgs(
+                        domain=lab.domains.internal, servers=self._dns_servers(g)),
+                    ip_configs=[pve.ContainerLegacyInitializationIpConfigArgs(
+                        ipv4=pve.ContainerLegacyInitializationIpConfigIpv4Args(
+                            address=f"{g.address}/{net.cidr.prefixlen}", gateway=str(net.gateway)))],
+                    user_account=pve.ContainerLegacyInitializationUserAccountArgs(
+                        keys=[self.deploy_key.public_key_openssh])),
+                operating_system=pve.ContainerLegacyOperatingSystemArgs(
+                    template_file_id=self.images[(g.image, g.node)].id, type="debian"),
+                device_passthroughs=devices or None),
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
+                protect=g.role == "ca", ignore_changes=["operatingSystem"])))
+
+    def _vm(self, g: Guest, opts) -> pve.VmLegacy:
+        lab, topo = self._ctx.lab, self._ctx.topo
+        net = lab.network
+        user_data = pve.FileLegacy(
+            f"{g.name}-user-data",
+            pve.FileLegacyArgs(
+                node_name=g.node, datastore_id=lab.proxmox.snippet_datastore, content_type="snippets",
+                source_raw=pve.FileLegacySourceRawArgs(
+                    file_name=f"phoenix-{g.name}-user-data.yaml",
+                    data=self.deploy_key.public_key_openssh.apply(
+                        lambda key, g=g: render_user_data(topo, g, key)))),
+            opts=opts)
+        hostpcis = ([pve.VmLegacyHostpciArgs(device="hostpci0", mapping=g.gpu_mapping, pcie=True)]
+                    if g.gpu_mapping else None)
+        depends = [self.gpu_mappings[g.gpu_mapping]] if g.gpu_mapping else []
+        return pve.VmLegacy(
+            g.name,
+            pve.VmLegacyArgs(
+                **self._common(g), name=g.name,
+                on_boot=True, started=True, stop_on_destroy=True,
+                machine="q35" if g.gpu_mapping else None,
+                startup=pve.VmLegacyStartupArgs(order=START_ORDER[g.role], up_delay=10),
+                # cloud-init installs qemu-guest-agent first; the provider waits for it.
+                agent=pve.VmLegacyAgentArgs(enabled=True, timeout="15m"),
+                cpu=pve.VmLegacyCpuArgs(cores=g.cores, type="host"),
+                memory=pve.VmLegacyMemoryArgs(dedicated=g.memory),
+                disks=[pve.VmLegacyDiskArgs(interface="scsi0", datastore_id=lab.proxmox.datastore,
+                                            import_from=self.images[(g.image, g.node)].id,
+                                            size=g.disk, discard="on", ssd=True, iothread=True)],
+                scsi_hardware="virtio-scsi-single",
+                network_devices=[pve.VmLegacyNetworkDeviceArgs(bridge=net.bridge, vlan_id=net.vlan,
+                                                               model="virtio", firewall=True)],
+                operating_system=pve.VmLegacyOperatingSystemArgs(type="l26"),
+                initialization=pve.VmLegacyInitializationArgs(
+                    datastore_id=lab.proxmox.datastore,
+                    dns=pve.VmLegacyInitializationDnsArgs(domain=lab.domains.internal,
+                                                          servers=self._dns_servers(g)),
+                    ip_configs=[pve.VmLegacyInitializationIpConfigArgs(
+                        ipv4=pve.VmLegacyInitializationIpConfigIpv4Args(
+                            address=f"{g.address}/{net.cidr.prefixlen}", gateway=str(net.gateway)))],
+                    user_data_file_id=user_data.id),
+                hostpcis=hostpcis),
+            opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=depends)))
+
+    # -- reaching a guest ------------------------------------------------------------------
+    def _connection(self, g: Guest) -> remote.ConnectionArgs:
+        lab = self._ctx.lab
+        key = self.deploy_key.private_key_openssh
+        proxy = None
+        if lab.proxmox.ssh_via_node:
+            node = next(n for n in lab.proxmox.nodes if n.name == g.node)
+            proxy = remote.ProxyConnectionArgs(host=str(node.address), port=node.ssh_port,
+                                               user=lab.proxmox.ssh_user, private_key=key,
+                                               dial_error_limit=30, per_dial_timeout=10)
+        # A fresh guest may not run sshd yet: keep dialling for a while before failing.
+        return remote.ConnectionArgs(host=str(g.address), user="root", private_key=key, proxy=proxy,
+                                     dial_error_limit=60, per_dial_timeout=10)
+
+    def _bootstrap(self, handle: GuestHandle) -> remote.Command:
+        """Wait until the guest is up, then install phoenix-apply, which every later step uses."""
+        g = handle.guest
+        files = [GuestFile(APPLY, config_text("common/phoenix-apply.sh"), 0o755)]
+        wait = "cloud-init status --wait >/dev/null || true; " if g.kind == "vm" else ""
+        create = (f"set -eu; {wait}command -v tar >/dev/null; "
+                  "base64 -d | tar -xz -C / --same-owner --same-permissions --no-overwrite-dir; "
+                  f"test -x {APPLY}")
+        return remote.Command(
+            f"{g.name}-bootstrap",
+            remote.CommandArgs(connection=handle.connection, create=create, stdin=pack(files),
+                               triggers=[handle.resource.id]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[handle.resource]))
+
+
+def gpu_device_paths(g: Guest) -> list[str]:
+    """Device nodes for a GPU LXC, by path only: the nvidia-uvm major is dynamic (trap 17)."""
+    if not g.gpus:
+        return []
+    return ([f"/dev/nvidia{i}" for i in g.gpus]
+            + ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
+               "/dev/nvidia-caps/nvidia-cap1", "/dev/nvidia-caps/nvidia-cap2"])

@@ -1,0 +1,411 @@
+"""The stack model: the one validated input of Phoenix.
+
+Everything Phoenix creates is derived from a ``Lab`` (see ``topology.py``). The model is
+read from the stack's ``phoenix:*`` config keys (camelCase, as Pulumi users write them),
+refuses unknown keys, and reports every problem at once as ``ConfigError`` lines that
+name the key path (``phoenix:guests[2].address: ...``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal, Optional
+
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
+                      model_validator)
+from pydantic.alias_generators import to_camel
+
+from .errors import ConfigError, problem
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _hostname_label(value: str) -> str:
+    if not _LABEL.match(value):
+        raise ValueError(f"{value!r} is not a valid host name label "
+                         "(lowercase letters, digits and '-', 1-63 characters, no leading or trailing '-')")
+    return value
+
+
+def _domain(value: str) -> str:
+    value = value.rstrip(".")
+    labels = value.split(".")
+    if len(labels) < 2 or len(value) > 253 or not all(_LABEL.match(lbl) for lbl in labels):
+        raise ValueError(f"{value!r} is not a valid domain name")
+    return value
+
+
+Label = Annotated[str, AfterValidator(_hostname_label)]
+Domain = Annotated[str, AfterValidator(_domain)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+IPv4 = ipaddress.IPv4Address
+Role = Literal["dns", "gateway", "mesh", "ca", "gpu", "portainer", "agent"]
+
+#: roles that are LXCs; the rest are VMs (Docker needs a kernel of its own).
+LXC_ROLES = {"dns", "gateway", "mesh", "ca", "gpu"}
+#: roles the architecture needs exactly once.
+SINGLETON_ROLES = ("dns", "gateway", "mesh", "ca")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", alias_generator=to_camel,
+                              populate_by_name=True, frozen=True)
+
+
+class Node(Strict):
+    name: Label
+    address: IPv4
+    ssh_port: Port = 22
+
+
+class Proxmox(Strict):
+    endpoint: Annotated[str, Field(pattern=r"^https://[^\s/]+(:\d+)?/?$")]
+    insecure: bool = False
+    username: str = "root@pam"
+    ssh_user: str = "root"
+    #: reach guests through the node as an SSH jump host (guests on a private bridge).
+    ssh_via_node: bool = True
+    nodes: Annotated[list[Node], Field(min_length=1)]
+    datastore: str = "local-lvm"
+    snippet_datastore: str = "local"
+    image_datastore: str = "local"
+
+
+class Network(Strict):
+    bridge: str = "vmbr0"
+    cidr: ipaddress.IPv4Network
+    gateway: IPv4
+    vlan: Optional[Annotated[int, Field(ge=1, le=4094)]] = None
+    management: list[ipaddress.IPv4Network] = Field(default_factory=list)
+    public_address: IPv4
+    upstream_resolvers: list[IPv4] = Field(default_factory=lambda: [IPv4("9.9.9.9"), IPv4("1.1.1.1")])
+    ntp_servers: list[str] = Field(default_factory=lambda: ["pool.ntp.org"])
+
+
+class Domains(Strict):
+    public: Domain
+    internal: Domain
+
+
+class Acme(Strict):
+    email: Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+    #: ``staging``, ``production`` or the URL of any ACME directory.
+    server: str = "staging"
+    challenge: Literal["http-01", "dns-01"] = "http-01"
+    wildcard: bool = False
+
+    @model_validator(mode="after")
+    def _wildcard_needs_dns(self) -> "Acme":
+        if self.wildcard and self.challenge != "dns-01":
+            raise ValueError("wildcard certificates need challenge: dns-01")
+        if self.server not in ("staging", "production") and not self.server.startswith("https://"):
+            raise ValueError(f"server {self.server!r} must be staging, production or an https:// URL")
+        return self
+
+
+class Image(Strict):
+    kind: Literal["lxc", "vm"]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")]
+    file_name: str
+    checksum: Optional[str] = None
+    checksum_algorithm: Literal["sha256", "sha512"] = "sha256"
+
+
+class Guest(Strict):
+    id: Annotated[int, Field(ge=100, le=999_999_999)]
+    name: Label
+    role: Role
+    node: Label
+    address: IPv4
+    cores: Annotated[int, Field(ge=1, le=512)] = 2
+    memory: Annotated[int, Field(ge=128)] = 1024
+    disk: Annotated[int, Field(ge=2)] = 8
+    image: str
+    #: indices of /dev/nvidiaN passed into a GPU LXC.
+    gpus: list[Annotated[int, Field(ge=0, le=63)]] = Field(default_factory=list)
+    #: name of a Proxmox PCI mapping to pass a whole GPU into a VM.
+    gpu_mapping: Optional[Label] = None
+    #: ``vendor:device`` PCI address on the node, for the mapping.
+    gpu_pci_path: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")]] = None
+    #: 'vendor:device' id of the GPU, for the mapping.
+    gpu_pci_id: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{4}$")]] = None
+    tags: list[Label] = Field(default_factory=list)
+
+    @property
+    def kind(self) -> str:
+        return "lxc" if self.role in LXC_ROLES else "vm"
+
+
+class Run(Strict):
+    """How a GPU service runs: a systemd unit in its LXC."""
+    command: str
+    model: Optional[str] = None
+    environment: dict[str, str] = Field(default_factory=dict)
+
+
+class Service(Strict):
+    name: Label
+    #: the guests that run a replica each (one entry per replica).
+    guests: Annotated[list[Label], Field(min_length=1)]
+    port: Port
+    #: what the backend itself speaks.
+    protocol: Literal["http", "https"] = "https"
+    health: Annotated[str, Field(pattern=r"^/\S*$")] = "/health"
+    public: bool = False
+    public_host: Optional[Domain] = None
+    aliases: list[Label] = Field(default_factory=list)
+    streaming: bool = False
+    websocket: bool = False
+    timeout: Annotated[int, Field(ge=1, le=86400)] = 60
+    max_body_size: Annotated[str, Field(pattern=r"^\d+[kmg]?$")] = "10m"
+    sticky: bool = False
+    gpu: bool = False
+    run: Optional[Run] = None
+
+
+class Pki(Strict):
+    organization: str = "Phoenix Lab"
+    root_lifetime_hours: Annotated[int, Field(ge=1)] = 87600
+    intermediate_lifetime_hours: Annotated[int, Field(ge=1)] = 43800
+    leaf_lifetime_hours: Annotated[int, Field(ge=1)] = 24
+    max_leaf_lifetime_hours: Annotated[int, Field(ge=1)] = 168
+    ca_port: Port = 9000
+    acme_provisioner: Label = "acme"
+    jwk_provisioner: Label = "admin"
+    step_ca_version: str = "0.28.1"
+
+    @model_validator(mode="after")
+    def _lifetimes(self) -> "Pki":
+        if self.max_leaf_lifetime_hours < self.leaf_lifetime_hours:
+            raise ValueError("maxLeafLifetimeHours is shorter than leafLifetimeHours")
+        if self.intermediate_lifetime_hours <= self.max_leaf_lifetime_hours:
+            raise ValueError("intermediateLifetimeHours must be longer than maxLeafLifetimeHours")
+        if self.root_lifetime_hours <= self.intermediate_lifetime_hours:
+            raise ValueError("rootLifetimeHours must be longer than intermediateLifetimeHours")
+        if self.acme_provisioner == self.jwk_provisioner:
+            raise ValueError(f"provisioner name {self.acme_provisioner!r} is used twice")
+        return self
+
+
+class Mesh(Strict):
+    traefik_version: str = "3.1.6"
+    #: sha256 of the release tarball, checked before install; the stack must pin it.
+    traefik_sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
+    #: the TLS entrypoint the gateway proxies to (client certificate required).
+    gateway_port: Port = 8443
+    #: the internal TLS entrypoint for service-to-service traffic.
+    internal_port: Port = 9443
+    metrics_port: Port = 8082
+    dashboard_port: Port = 8081
+    retry_attempts: Annotated[int, Field(ge=0, le=10)] = 2
+    circuit_breaker: str = "NetworkErrorRatio() > 0.30 || ResponseCodeRatio(500, 600, 0, 600) > 0.25"
+    health_interval: str = "10s"
+
+
+class Gateway(Strict):
+    rate_limit_per_second: Annotated[int, Field(ge=1)] = 50
+    rate_limit_burst: Annotated[int, Field(ge=0)] = 100
+    hsts_max_age: Annotated[int, Field(ge=0)] = 31536000
+
+
+class Dns(Strict):
+    rrl_responses_per_second: Annotated[int, Field(ge=1)] = 10
+    ttl: Annotated[int, Field(ge=30)] = 300
+
+
+class Portainer(Strict):
+    version: str = "2.21.4"
+    agent_version: str = "2.21.4"
+    admin_user: Label = "admin"
+    agent_port: Port = 9001
+
+
+class Lab(Strict):
+    """The whole deployment, as read from ``phoenix:*`` config keys."""
+
+    proxmox: Proxmox
+    network: Network
+    domains: Domains
+    acme: Acme
+    images: dict[str, Image]
+    guests: Annotated[list[Guest], Field(min_length=1)]
+    services: list[Service] = Field(default_factory=list)
+    pki: Pki = Pki()
+    mesh: Mesh = Mesh()
+    gateway: Gateway = Gateway()
+    dns: Dns = Dns()
+    portainer: Portainer = Portainer()
+
+    # -- lookups used everywhere -------------------------------------------------------
+    def guest(self, name: str) -> Guest:
+        return next(g for g in self.guests if g.name == name)
+
+    def role(self, role: str) -> list[Guest]:
+        return [g for g in self.guests if g.role == role]
+
+    def one(self, role: str) -> Guest:
+        return self.role(role)[0]
+
+
+#: config keys of the ``phoenix`` namespace that the model reads.
+CONFIG_KEYS = tuple(to_camel(name) for name in Lab.model_fields)
+
+
+def _loc_path(loc: tuple) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-after", "function-", "constrained")):
+            continue
+        else:
+            path += ("." if path else "") + str(part)
+    return f"phoenix:{path}" if path else "phoenix"
+
+
+def _pydantic_problems(err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and "[" in p))
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (a typo?)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        lines.append(problem(_loc_path(loc), msg))
+    return lines
+
+
+def parse_lab(raw: dict) -> Lab:
+    """Validate raw config (``{"guests": [...], ...}``) into a Lab, or raise ConfigError."""
+    unknown = [k for k in raw if k not in CONFIG_KEYS and k not in ("catalog",)]
+    try:
+        lab = Lab.model_validate({k: v for k, v in raw.items() if k in CONFIG_KEYS})
+    except ValidationError as err:
+        raise ConfigError(_pydantic_problems(err)
+                          + [problem(f"phoenix:{k}", "unknown key (a typo?)") for k in unknown]) from None
+    problems = [problem(f"phoenix:{k}", "unknown key (a typo?)") for k in unknown] + cross_checks(lab)
+    if problems:
+        raise ConfigError(problems)
+    return lab
+
+
+def cross_checks(lab: Lab) -> list[str]:
+    """The rules no single field can check: every problem, not just the first."""
+    out: list[str] = []
+    net = lab.network
+    nodes = {n.name for n in lab.proxmox.nodes}
+    seen_ids: dict[int, int] = {}
+    seen_names: dict[str, int] = {}
+    seen_addrs: dict[IPv4, str] = {}
+    if net.gateway not in net.cidr:
+        out.append(problem("phoenix:network.gateway", f"{net.gateway} is outside {net.cidr}"))
+    for i, g in enumerate(lab.guests):
+        at = f"phoenix:guests[{i}]"
+        if g.id in seen_ids:
+            out.append(problem(f"{at}.id", f"guest id {g.id} is already used by guests[{seen_ids[g.id]}]"))
+        seen_ids.setdefault(g.id, i)
+        if g.name in seen_names:
+            out.append(problem(f"{at}.name", f"guest name {g.name!r} is already used by guests[{seen_names[g.name]}]"))
+        seen_names.setdefault(g.name, i)
+        if g.address not in net.cidr:
+            out.append(problem(f"{at}.address", f"{g.address} is outside the network {net.cidr}"))
+        elif g.address in (net.cidr.network_address, net.cidr.broadcast_address):
+            out.append(problem(f"{at}.address", f"{g.address} is the network or broadcast address of {net.cidr}"))
+        if g.address == net.gateway:
+            out.append(problem(f"{at}.address", f"{g.address} is the network gateway"))
+        if g.address in seen_addrs:
+            out.append(problem(f"{at}.address", f"{g.address} is already used by guest {seen_addrs[g.address]!r}"))
+        seen_addrs.setdefault(g.address, g.name)
+        if g.node not in nodes:
+            out.append(problem(f"{at}.node", f"unknown node {g.node!r} (known: {', '.join(sorted(nodes))})"))
+        image = lab.images.get(g.image)
+        if image is None:
+            out.append(problem(f"{at}.image", f"unknown image {g.image!r} (known: {', '.join(sorted(lab.images))})"))
+        elif image.kind != g.kind:
+            out.append(problem(f"{at}.image", f"image {g.image!r} is a {image.kind} image but a {g.role} guest is a {g.kind}"))
+        if g.gpus and g.kind != "lxc":
+            out.append(problem(f"{at}.gpus", f"device passthrough is for LXCs; give a {g.role} VM gpuMapping instead"))
+        if g.gpu_mapping and g.kind != "vm":
+            out.append(problem(f"{at}.gpuMapping", "a PCI mapping is for VMs; give an LXC gpus instead"))
+        if g.gpu_mapping and not (g.gpu_pci_path and g.gpu_pci_id):
+            out.append(problem(f"{at}.gpuMapping", "needs gpuPciPath and gpuPciId"))
+    for role in SINGLETON_ROLES:
+        count = len(lab.role(role))
+        if count != 1:
+            out.append(problem("phoenix:guests", f"needs exactly one {role} guest, found {count}"))
+    if len(lab.role("portainer")) > 1:
+        out.append(problem("phoenix:guests", "at most one portainer guest"))
+    if lab.role("agent") and not lab.role("portainer"):
+        out.append(problem("phoenix:guests", "agent guests need a portainer guest to manage them"))
+    for i, node in enumerate(lab.proxmox.nodes):
+        if [n.name for n in lab.proxmox.nodes].count(node.name) > 1:
+            out.append(problem(f"phoenix:proxmox.nodes[{i}].name", f"node {node.name!r} is listed twice"))
+    out += _service_checks(lab, seen_names)
+    return out
+
+
+def _service_checks(lab: Lab, guests: dict[str, int]) -> list[str]:
+    out: list[str] = []
+    names: dict[str, int] = {}
+    hosts: dict[str, str] = {}
+    ports: dict[tuple[str, int], str] = {}
+    reserved = _reserved_ports(lab)
+    pub = lab.domains.public
+    for i, s in enumerate(lab.services):
+        at = f"phoenix:services[{i}]"
+        if s.name in names:
+            out.append(problem(f"{at}.name", f"service name {s.name!r} is already used by services[{names[s.name]}]"))
+        names.setdefault(s.name, i)
+        if s.public and not s.public_host:
+            out.append(problem(f"{at}.publicHost", f"service {s.name!r} is public but has no publicHost"))
+        if s.public_host:
+            if not (s.public_host == pub or s.public_host.endswith("." + pub)):
+                out.append(problem(f"{at}.publicHost", f"{s.public_host} is not in the public domain {pub}"))
+            if not s.public:
+                out.append(problem(f"{at}.publicHost", f"service {s.name!r} has a publicHost but public is false"))
+            if s.public_host in hosts:
+                out.append(problem(f"{at}.publicHost", f"{s.public_host} is already claimed by service {hosts[s.public_host]!r}"))
+            hosts.setdefault(s.public_host, s.name)
+        for alias in s.aliases:
+            if alias in hosts or alias in guests:
+                out.append(problem(f"{at}.aliases", f"alias {alias!r} is already a name"))
+            hosts.setdefault(alias, s.name)
+        if s.name in guests:
+            out.append(problem(f"{at}.name", f"service name {s.name!r} is also a guest name; internal names would clash"))
+        if len(set(s.guests)) != len(s.guests):
+            out.append(problem(f"{at}.guests", "a guest is listed twice"))
+        for j, gname in enumerate(s.guests):
+            if gname not in guests:
+                out.append(problem(f"{at}.guests[{j}]", f"unknown guest {gname!r}"))
+                continue
+            guest = lab.guest(gname)
+            if s.gpu and not (guest.gpus or guest.gpu_mapping):
+                out.append(problem(f"{at}.guests[{j}]", f"GPU service {s.name!r} runs on {gname!r}, which has no GPU devices"))
+            key = (gname, s.port)
+            if key in ports:
+                out.append(problem(f"{at}.port", f"port {s.port} on guest {gname!r} is already used by {ports[key]}"))
+            ports.setdefault(key, f"service {s.name!r}")
+            if (guest.role, s.port) in reserved:
+                out.append(problem(f"{at}.port", f"port {s.port} on guest {gname!r} is taken by the {guest.role} tier itself"))
+        if s.run and not s.gpu:
+            out.append(problem(f"{at}.run", "run is for GPU services (gpu: true); others are deployed by their guest"))
+        if s.gpu and not s.run:
+            out.append(problem(f"{at}.run", f"GPU service {s.name!r} needs run.command"))
+    return out
+
+
+def _reserved_ports(lab: Lab) -> set[tuple[str, int]]:
+    m = lab.mesh
+    return ({("gateway", p) for p in (80, 443)} | {("dns", 53)} | {("ca", lab.pki.ca_port)}
+            | {("mesh", p) for p in (m.gateway_port, m.internal_port, m.metrics_port, m.dashboard_port)}
+            | {("agent", lab.portainer.agent_port)}
+            | {(r, 22) for r in ("dns", "gateway", "mesh", "ca", "gpu", "portainer", "agent")})
+
+
+def json_schema() -> dict:
+    """The model's JSON Schema (by alias), for editors and the config reference."""
+    return Lab.model_json_schema(by_alias=True)

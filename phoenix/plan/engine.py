@@ -1,0 +1,189 @@
+"""The recording engine: runs the real Phoenix program under Pulumi's mock runtime.
+
+No Proxmox, no Pulumi CLI, no credentials. Every registered resource is recorded with its
+type, name, parent, dependencies, inputs and which of them are secret. pulumi-tls and
+pulumi-random resources get real values (real keys and certificates honouring the inputs),
+so the generated PKI can be exercised by real servers. The offline plan and the unit
+tests both use this engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import pulumi
+from pulumi.runtime import mocks as pmocks
+from pulumi.runtime import rpc, settings
+from pulumi.runtime.proto import resource_pb2
+from pulumi.runtime.stack import Stack, run_pulumi_func
+from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
+
+from phoenix.plan import fakes
+from phoenix.stackfile import StackConfig
+
+SECRET_SIG = rpc._special_sig_key
+SECRET_VALUE = rpc._special_secret_sig
+
+
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == SECRET_VALUE
+
+
+def reveal(value: Any) -> Any:
+    """Inputs with every secret wrapper removed (for computing fake outputs)."""
+    if is_secret(value):
+        return reveal(value["value"])
+    if isinstance(value, dict):
+        return {k: reveal(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [reveal(v) for v in value]
+    return value
+
+
+@dataclass
+class Recorded:
+    urn: str
+    type: str
+    name: str
+    parent: str
+    custom: bool
+    inputs: dict
+    outputs: dict
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    secret_outputs: list[str]
+    replace_on_changes: list[str]
+    ignore_changes: list[str]
+    protect: bool
+    provider: str
+    delete_before_replace: bool
+
+    def secret_paths(self) -> list[str]:
+        """Input keys (top level) whose value is secret."""
+        return sorted(k for k, v in self.inputs.items() if _contains_secret(v))
+
+    def value(self, key: str) -> Any:
+        return reveal(self.inputs.get(key))
+
+
+def _contains_secret(value: Any) -> bool:
+    if is_secret(value):
+        return True
+    if isinstance(value, dict):
+        return any(_contains_secret(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_contains_secret(v) for v in value)
+    return False
+
+
+class PhoenixMocks(pmocks.Mocks):
+    def __init__(self, facts: Optional[dict[str, str]] = None):
+        self.facts = {**fakes.DEFAULT_FACTS, **(facts or {})}
+
+    def new_resource(self, args: pmocks.MockResourceArgs):
+        inputs = reveal(args.inputs)
+        state = fakes.outputs_for(args.typ, args.name, inputs, self.facts)
+        return f"{args.name}-id", {**inputs, **state}
+
+    def call(self, args: pmocks.MockCallArgs):
+        return fakes.invoke(args.token, reveal(args.args), self.facts), []
+
+
+class RecordingMonitor(pmocks.MockMonitor):
+    """A MockMonitor that keeps what the plain one drops: parents, dependencies, secrecy."""
+
+    def __init__(self, mocks: PhoenixMocks):
+        super().__init__(mocks)
+        self.recorded: dict[str, Recorded] = {}
+        self.order: list[str] = []
+        self.stack_outputs: dict = {}
+        self.stack_urn = ""
+
+    def RegisterResource(self, request):
+        urn = self.make_urn(request.parent, request.type, request.name)
+        if request.type == "pulumi:pulumi:Stack":
+            self.stack_urn = urn
+            return resource_pb2.RegisterResourceResponse(urn=urn)
+        _ensure_event_loop()
+        inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+        args = pmocks.MockResourceArgs(typ=request.type, name=request.name, inputs=inputs,
+                                       provider=request.provider, resource_id=request.importId,
+                                       custom=request.custom or False)
+        if request.custom:
+            id_, state = self.mocks.new_resource(args)
+        else:
+            id_, state = "", {}
+        secret_outputs = list(request.additionalSecretOutputs)
+        # Secrecy the real engine would add: declared secret outputs, and outputs echoing secret inputs.
+        shown = {k: ({SECRET_SIG: SECRET_VALUE, "value": v}
+                     if k in secret_outputs or _contains_secret(inputs.get(k)) else v)
+                 for k, v in state.items()}
+        obj = _sync_await(rpc.serialize_properties(shown, {}))
+        self.resources[urn] = pmocks.MockMonitor.ResourceRegistration(urn, id_, state)
+        self.recorded[urn] = Recorded(
+            urn=urn, type=request.type, name=request.name, parent=request.parent,
+            custom=bool(request.custom), inputs=inputs, outputs=state,
+            dependencies=sorted(set(request.dependencies)),
+            property_dependencies={k: sorted(v.urns) for k, v in request.propertyDependencies.items()},
+            secret_outputs=secret_outputs, replace_on_changes=list(request.replaceOnChanges),
+            ignore_changes=list(request.ignoreChanges), protect=bool(request.protect),
+            provider=request.provider, delete_before_replace=bool(request.deleteBeforeReplace))
+        self.order.append(urn)
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=obj)
+
+    def RegisterResourceOutputs(self, request):
+        if request.urn == self.stack_urn:
+            self.stack_outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
+        return super().RegisterResourceOutputs(request)
+
+
+@dataclass
+class Run:
+    """What one program run registered, in registration order."""
+    stack: str
+    resources: list[Recorded]
+    outputs: dict
+    monitor: RecordingMonitor = field(repr=False)
+
+    def by_type(self, type_: str) -> list[Recorded]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, name: str) -> Recorded:
+        found = [r for r in self.resources if r.name == name]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} resources named {name!r}")
+        return found[0]
+
+    def urn_of(self, name: str) -> str:
+        return self.named(name).urn
+
+
+def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None,
+                facts: Optional[dict[str, str]] = None) -> Run:
+    """Run ``program`` (Phoenix's ``main`` by default) for ``stack`` under the recording engine."""
+    if program is None:
+        from phoenix.program import main as program
+    mocks = PhoenixMocks(facts)
+    monitor = RecordingMonitor(mocks)
+    settings.SETTINGS.rpc_manager.clear()
+    settings.SETTINGS.outputs.clear()
+    settings.set_root_resource(None)  # a fresh root stack for every run
+    pmocks.set_mocks(mocks, project="phoenix", stack=stack.name, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(stack.as_engine_config(), list(stack.secret_keys))
+    # set_mocks finishes its root stack at once; exports need one that is still open.
+    settings.set_root_resource(None)
+    root = Stack()
+    try:
+        _sync_await(run_pulumi_func(program))
+        outputs = {name: _resolve(value) for name, value in root.outputs.items()}
+    finally:
+        settings.set_root_resource(None)
+    return Run(stack.name, [monitor.recorded[u] for u in monitor.order], outputs, monitor)
+
+
+def _resolve(value: Any) -> Any:
+    """A stack output's value, wrapped as a secret where Pulumi would show [secret]."""
+    out = pulumi.Output.from_input(value)
+    plain = _sync_await(out.future())
+    return {SECRET_SIG: SECRET_VALUE, "value": plain} if _sync_await(out.is_secret()) else plain

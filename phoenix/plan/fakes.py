@@ -1,0 +1,191 @@
+"""Outputs the recording engine gives resources that compute something.
+
+pulumi-tls: real keys and certificates that honour the inputs (algorithm, subject, SANs,
+CA flag, path length, key usages, validity). pulumi-random: real random values. Remote
+commands that read a fact from a node (marked ``# phoenix-fact: NAME``) answer from
+``facts``. Everything else echoes its inputs, as Pulumi's own mocks do.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import re
+import secrets
+import string
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+DEFAULT_FACTS = {
+    # What `nvidia-smi --query-gpu=driver_version` prints on a node, for planning.
+    "gpu-driver-version": "550.127.05",
+}
+FACT = re.compile(r"#\s*phoenix-fact:\s*([\w-]+)")
+
+_CURVES = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
+
+
+def _pem_private(key) -> str:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def private_key(inputs: dict) -> dict:
+    algorithm = inputs.get("algorithm", "RSA")
+    if algorithm == "ECDSA":
+        key = ec.generate_private_key(_CURVES[inputs.get("ecdsaCurve", "P224")]())
+    elif algorithm == "ED25519":
+        key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        key = rsa.generate_private_key(65537, int(inputs.get("rsaBits", 2048)))
+    pub = key.public_key()
+    openssh_pub = pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(base64.b64decode(openssh_pub.split()[1]))
+    return {
+        "privateKeyPem": _pem_private(key),
+        "privateKeyOpenssh": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                               serialization.NoEncryption()).decode(),
+        "privateKeyPemPkcs8": _pem_private(key),
+        "publicKeyPem": pub.public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+        "publicKeyOpenssh": openssh_pub + "\n",
+        "publicKeyFingerprintSha256": "SHA256:" + base64.b64encode(digest.finalize()).decode().rstrip("="),
+        "publicKeyFingerprintMd5": "",
+        "_der": der.hex(),
+    }
+
+
+def _name(subject: dict | None) -> x509.Name:
+    subject = subject or {}
+    attrs = []
+    for key, oid in (("country", NameOID.COUNTRY_NAME), ("province", NameOID.STATE_OR_PROVINCE_NAME),
+                     ("locality", NameOID.LOCALITY_NAME), ("organization", NameOID.ORGANIZATION_NAME),
+                     ("organizationalUnit", NameOID.ORGANIZATIONAL_UNIT_NAME),
+                     ("commonName", NameOID.COMMON_NAME)):
+        if subject.get(key):
+            attrs.append(x509.NameAttribute(oid, subject[key]))
+    return x509.Name(attrs)
+
+
+_KEY_USAGE = {"digital_signature": "digital_signature", "content_commitment": "content_commitment",
+              "key_encipherment": "key_encipherment", "data_encipherment": "data_encipherment",
+              "key_agreement": "key_agreement", "cert_signing": "key_cert_sign",
+              "crl_signing": "crl_sign", "encipher_only": "encipher_only", "decipher_only": "decipher_only"}
+_EXT_USAGE = {"server_auth": ExtendedKeyUsageOID.SERVER_AUTH, "client_auth": ExtendedKeyUsageOID.CLIENT_AUTH,
+              "code_signing": ExtendedKeyUsageOID.CODE_SIGNING,
+              "email_protection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+              "ocsp_signing": ExtendedKeyUsageOID.OCSP_SIGNING,
+              "timestamping": ExtendedKeyUsageOID.TIME_STAMPING}
+
+
+def _sign(inputs: dict, subject: x509.Name, public_key, issuer: x509.Name, signer,
+          sans: list, issuer_key=None) -> dict:
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    hours = int(inputs.get("validityPeriodHours", 24))
+    uses = inputs.get("allowedUses") or []
+    is_ca = bool(inputs.get("isCaCertificate", False))
+    builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
+               .serial_number(x509.random_serial_number()).not_valid_before(now)
+               .not_valid_after(now + dt.timedelta(hours=hours)))
+    path_len = inputs.get("maxPathLength")
+    builder = builder.add_extension(
+        x509.BasicConstraints(ca=is_ca, path_length=int(path_len) if is_ca and path_len not in (None, -1) else None),
+        critical=True)
+    flags = {v: False for v in _KEY_USAGE.values()}
+    for use in uses:
+        if use in _KEY_USAGE:
+            flags[_KEY_USAGE[use]] = True
+    if any(flags.values()):
+        builder = builder.add_extension(x509.KeyUsage(**flags), critical=True)
+    ext = [_EXT_USAGE[u] for u in uses if u in _EXT_USAGE]
+    if ext:
+        builder = builder.add_extension(x509.ExtendedKeyUsage(ext), critical=False)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    builder = builder.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    if issuer_key is not None:
+        builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key),
+                                        critical=False)
+    algo = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    cert = builder.sign(signer, algo)
+    return {"certPem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+            "validityStartTime": now.isoformat(), "validityEndTime": (now + dt.timedelta(hours=hours)).isoformat(),
+            "readyForRenewal": False}
+
+
+def _sans(inputs: dict) -> list:
+    return ([x509.DNSName(d) for d in inputs.get("dnsNames") or []]
+            + [x509.IPAddress(ipaddress.ip_address(a)) for a in inputs.get("ipAddresses") or []]
+            + [x509.UniformResourceIdentifier(u) for u in inputs.get("uris") or []])
+
+
+def self_signed_cert(inputs: dict) -> dict:
+    key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
+    name = _name(inputs.get("subject"))
+    return _sign(inputs, name, key.public_key(), name, key, _sans(inputs), issuer_key=key.public_key())
+
+
+def cert_request(inputs: dict) -> dict:
+    key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
+    builder = x509.CertificateSigningRequestBuilder().subject_name(_name(inputs.get("subject")))
+    sans = _sans(inputs)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    algo = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    return {"certRequestPem": builder.sign(key, algo).public_bytes(serialization.Encoding.PEM).decode()}
+
+
+def locally_signed_cert(inputs: dict) -> dict:
+    csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
+    ca_key = serialization.load_pem_private_key(inputs["caPrivateKeyPem"].encode(), None)
+    ca_cert = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
+    try:
+        sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        sans = []
+    return _sign(inputs, csr.subject, csr.public_key(), ca_cert.subject, ca_key, sans,
+                 issuer_key=ca_key.public_key())
+
+
+def random_password(inputs: dict) -> dict:
+    alphabet = string.ascii_letters + string.digits
+    if inputs.get("special", True):
+        alphabet += inputs.get("overrideSpecial") or "!@#$%&*()-_=+[]{}<>:?"
+    value = "".join(secrets.choice(alphabet) for _ in range(int(inputs.get("length", 16))))
+    return {"result": value, "bcryptHash": ""}
+
+
+def random_bytes(inputs: dict) -> dict:
+    raw = secrets.token_bytes(int(inputs.get("length", 32)))
+    return {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
+
+
+def outputs_for(type_: str, name: str, inputs: dict, facts: dict[str, str]) -> dict:
+    if type_ == "tls:index/privateKey:PrivateKey":
+        out = private_key(inputs)
+        out.pop("_der")
+        return out
+    if type_ == "tls:index/selfSignedCert:SelfSignedCert":
+        return self_signed_cert(inputs)
+    if type_ == "tls:index/certRequest:CertRequest":
+        return cert_request(inputs)
+    if type_ == "tls:index/locallySignedCert:LocallySignedCert":
+        return locally_signed_cert(inputs)
+    if type_ == "random:index/randomPassword:RandomPassword":
+        return random_password(inputs)
+    if type_ == "random:index/randomBytes:RandomBytes":
+        return random_bytes(inputs)
+    if type_ in ("command:remote:Command", "command:local:Command"):
+        found = FACT.search(inputs.get("create") or "")
+        return {"stdout": facts.get(found.group(1), "") if found else "", "stderr": ""}
+    return {}
+
+
+def invoke(token: str, args: dict, facts: dict[str, str]) -> dict:
+    return {}

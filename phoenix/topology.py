@@ -1,0 +1,247 @@
+"""Topology: every derived fact of a Lab, computed once.
+
+Names, endpoints, routes and flows live here and nowhere else. Two tiers that must agree
+(gateway and mesh, DNS and catalog, firewall and route audit) read the same values from a
+``Topology``; nothing downstream types an address, port or name of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Optional
+
+from .model import Guest, Lab, Service
+
+
+@dataclass(frozen=True)
+class Entrypoint:
+    """A Traefik entrypoint: the name routers use and the port peers dial."""
+    name: str
+    port: int
+    scheme: str
+    client_auth: bool  # requires a client certificate from the Phoenix CA
+
+
+@dataclass(frozen=True)
+class Backend:
+    guest: str
+    address: str
+    port: int
+    scheme: str
+
+    @property
+    def url(self) -> str:
+        return f"{self.scheme}://{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One host name through the mesh: which entrypoint serves it, which backends answer."""
+    host: str
+    service: str
+    entrypoint: Entrypoint
+    backends: tuple[Backend, ...]
+    public: bool
+
+
+@dataclass(frozen=True)
+class Flow:
+    """One allowed flow: ``source`` is a guest name, ``any``, ``guests`` or ``management``."""
+    source: str
+    target: str
+    port: int
+    proto: str
+    purpose: str
+
+
+@dataclass(frozen=True)
+class Record:
+    name: str      # fully qualified, no trailing dot
+    type: str      # A, CNAME, TXT
+    value: str
+
+
+@dataclass
+class Topology:
+    lab: Lab
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    # -- names -----------------------------------------------------------------------
+    def fqdn(self, label: str) -> str:
+        return f"{label}.{self.lab.domains.internal}"
+
+    def guest_fqdn(self, guest: Guest) -> str:
+        return self.fqdn(guest.name)
+
+    @property
+    def dns(self) -> Guest:
+        return self.lab.one("dns")
+
+    @property
+    def gateway(self) -> Guest:
+        return self.lab.one("gateway")
+
+    @property
+    def mesh(self) -> Guest:
+        return self.lab.one("mesh")
+
+    @property
+    def ca(self) -> Guest:
+        return self.lab.one("ca")
+
+    @property
+    def portainer(self) -> Optional[Guest]:
+        found = self.lab.role("portainer")
+        return found[0] if found else None
+
+    @property
+    def agents(self) -> list[Guest]:
+        return self.lab.role("agent")
+
+    @property
+    def gpu_guests(self) -> list[Guest]:
+        return self.lab.role("gpu")
+
+    # -- endpoints -------------------------------------------------------------------
+    @cached_property
+    def entrypoints(self) -> dict[str, Entrypoint]:
+        m = self.lab.mesh
+        return {
+            "gateway": Entrypoint("gateway", m.gateway_port, "https", client_auth=True),
+            "internal": Entrypoint("internal", m.internal_port, "https", client_auth=False),
+        }
+
+    @property
+    def mesh_name(self) -> str:
+        """The name on the mesh's certificate, which the gateway verifies."""
+        return self.guest_fqdn(self.mesh)
+
+    @property
+    def ca_name(self) -> str:
+        return self.guest_fqdn(self.ca)
+
+    @property
+    def ca_url(self) -> str:
+        """By address: CA bootstrap must not depend on DNS being up (trap 4)."""
+        return f"https://{self.ca.address}:{self.lab.pki.ca_port}"
+
+    @property
+    def acme_directory(self) -> str:
+        return f"{self.ca_url}/acme/{self.lab.pki.acme_provisioner}/directory"
+
+    @property
+    def ca_sans(self) -> list[str]:
+        """Every name and address the CA's clients and its health check use (trap 5)."""
+        return [self.ca_name, str(self.ca.address), "localhost", "127.0.0.1"]
+
+    @property
+    def public_acme_directory(self) -> str:
+        server = self.lab.acme.server
+        return {
+            "staging": "https://acme-staging-v02.api.letsencrypt.org/directory",
+            "production": "https://acme-v02.api.letsencrypt.org/directory",
+        }.get(server, server)
+
+    # -- services --------------------------------------------------------------------
+    def backends(self, service: Service) -> tuple[Backend, ...]:
+        return tuple(Backend(g, str(self.lab.guest(g).address), service.port, service.protocol)
+                     for g in service.guests)
+
+    def service_fqdn(self, service: Service) -> str:
+        return self.fqdn(service.name)
+
+    @cached_property
+    def routes(self) -> list[Route]:
+        out = []
+        for s in self.lab.services:
+            backends = self.backends(s)
+            out.append(Route(self.service_fqdn(s), s.name, self.entrypoints["internal"], backends, False))
+            if s.public and s.public_host:
+                out.append(Route(s.public_host, s.name, self.entrypoints["gateway"], backends, True))
+        return out
+
+    @property
+    def public_routes(self) -> list[Route]:
+        return [r for r in self.routes if r.public]
+
+    @property
+    def public_hosts(self) -> list[str]:
+        return [r.host for r in self.public_routes]
+
+    def service(self, name: str) -> Service:
+        return next(s for s in self.lab.services if s.name == name)
+
+    # -- DNS records -----------------------------------------------------------------
+    @cached_property
+    def internal_records(self) -> list[Record]:
+        """The internal zone: every guest, every service (a record per replica), aliases."""
+        recs = [Record(self.guest_fqdn(g), "A", str(g.address)) for g in self.lab.guests]
+        for s in self.lab.services:
+            recs += [Record(self.service_fqdn(s), "A", b.address) for b in self.backends(s)]
+            recs += [Record(self.fqdn(a), "CNAME", self.service_fqdn(s)) for a in s.aliases]
+        return recs
+
+    @cached_property
+    def public_records_internal_view(self) -> list[Record]:
+        """Public names as guests see them: the gateway's internal address."""
+        return [Record(h, "A", str(self.gateway.address)) for h in self.public_hosts]
+
+    @cached_property
+    def public_records_external_view(self) -> list[Record]:
+        """Public names as the world sees them: the gateway's public address, nothing internal."""
+        return [Record(h, "A", str(self.lab.network.public_address)) for h in self.public_hosts]
+
+    # -- flows (firewall matrix and route audit read this one list) --------------------
+    @cached_property
+    def flows(self) -> list[Flow]:
+        lab, f = self.lab, []
+        gw, mesh, ca, dns = self.gateway.name, self.mesh.name, self.ca.name, self.dns.name
+        f += [Flow("any", gw, 80, "tcp", "http: ACME HTTP-01 and redirect"),
+              Flow("any", gw, 443, "tcp", "https: public entry")]
+        f.append(Flow(gw, mesh, self.entrypoints["gateway"].port, "tcp", "gateway to mesh (mTLS)"))
+        f.append(Flow("guests", mesh, self.entrypoints["internal"].port, "tcp", "service to service through the mesh"))
+        f.append(Flow("guests", ca, lab.pki.ca_port, "tcp", "certificates from Step-CA"))
+        for proto in ("udp", "tcp"):
+            f.append(Flow("any", dns, 53, proto, "DNS: internal and external views"))
+        for s in lab.services:
+            for g in dict.fromkeys(s.guests):
+                f.append(Flow(mesh, g, s.port, "tcp", f"mesh to {s.name}"))
+        # Step-CA validates ACME HTTP-01 by dialling the requester on port 80.
+        for g in self.acme_clients:
+            if g.name != gw:
+                f.append(Flow(ca, g.name, 80, "tcp", "ACME HTTP-01 from Step-CA"))
+        if self.portainer:
+            for a in self.agents:
+                f.append(Flow(self.portainer.name, a.name, lab.portainer.agent_port, "tcp", "Portainer to agent"))
+        for g in lab.guests:
+            f.append(Flow("management", g.name, 22, "tcp", "SSH from the management network"))
+        return f
+
+    @property
+    def acme_clients(self) -> list[Guest]:
+        """Guests that get a certificate from Step-CA by ACME."""
+        names = {self.mesh.name, self.gateway.name}
+        names |= {g for s in self.lab.services for g in s.guests}
+        if self.portainer:
+            names.add(self.portainer.name)
+        return [g for g in self.lab.guests if g.name in names]
+
+    def flows_to(self, guest: str) -> list[Flow]:
+        return [f for f in self.flows if f.target == guest]
+
+    def allows(self, source: Guest | str, target: str, port: int, proto: str = "tcp") -> bool:
+        """Does the matrix let ``source`` (a guest, or 'any') reach ``target`` on ``port``?"""
+        for f in self.flows_to(target):
+            if f.port != port or f.proto != proto:
+                continue
+            if f.source == "any":
+                return True
+            if isinstance(source, Guest) and (f.source == source.name
+                                              or (f.source == "guests" and source.address in self.lab.network.cidr)):
+                return True
+        return False
+
+
+def build(lab: Lab) -> Topology:
+    return Topology(lab)
