@@ -83,7 +83,7 @@ class PhoenixMocks(pmocks.Mocks):
 
     def new_resource(self, args: pmocks.MockResourceArgs):
         inputs = reveal(args.inputs)
-        state = fakes.outputs_for(args.typ, args.name, inputs, self.facts)
+        state = fakes.outputs_for(args.typ, args.name, inputs, self.facts, pulumi.get_stack())
         return f"{args.name}-id", {**inputs, **state}
 
     def call(self, args: pmocks.MockCallArgs):

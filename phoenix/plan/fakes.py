@@ -4,15 +4,22 @@ pulumi-tls: real keys and certificates that honour the inputs (algorithm, subjec
 CA flag, path length, key usages, validity). pulumi-random: real random values. Remote
 commands that read a fact from a node (marked ``# phoenix-fact: NAME``) answer from
 ``facts``. Everything else echoes its inputs, as Pulumi's own mocks do.
+
+Values are deterministic for the same stack, resource and inputs (keys derived from a seed,
+ECDSA signed deterministically, validity starting at the current UTC day), so two plans of
+the same config are byte-identical and a plan diff shows only what really changed, as
+Pulumi's state keeps generated values stable between runs.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
+import json
+import random
 import ipaddress
 import re
-import secrets
 import string
 
 from cryptography import x509
@@ -34,13 +41,21 @@ def _pem_private(key) -> str:
                              serialization.NoEncryption()).decode()
 
 
-def private_key(inputs: dict) -> dict:
+def seed(*parts) -> bytes:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+
+
+def private_key(inputs: dict, salt: bytes) -> dict:
     algorithm = inputs.get("algorithm", "RSA")
     if algorithm == "ECDSA":
-        key = ec.generate_private_key(_CURVES[inputs.get("ecdsaCurve", "P224")]())
+        curve = _CURVES[inputs.get("ecdsaCurve", "P224")]()
+        order = {"secp224r1": 2**224, "secp256r1": 2**256, "secp384r1": 2**384, "secp521r1": 2**521}[curve.name]
+        scalar = int.from_bytes(hashlib.shake_256(salt).digest(80), "big") % (order // 2) + 1
+        key = ec.derive_private_key(scalar, curve)
     elif algorithm == "ED25519":
-        key = ed25519.Ed25519PrivateKey.generate()
+        key = ed25519.Ed25519PrivateKey.from_private_bytes(salt[:32])
     else:
+        # RSA keys cannot be derived from a seed; they differ between plans.
         key = rsa.generate_private_key(65537, int(inputs.get("rsaBits", 2048)))
     pub = key.public_key()
     openssh_pub = pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
@@ -57,7 +72,6 @@ def private_key(inputs: dict) -> dict:
         "publicKeyOpenssh": openssh_pub + "\n",
         "publicKeyFingerprintSha256": "SHA256:" + base64.b64encode(digest.finalize()).decode().rstrip("="),
         "publicKeyFingerprintMd5": "",
-        "_der": der.hex(),
     }
 
 
@@ -85,13 +99,13 @@ _EXT_USAGE = {"server_auth": ExtendedKeyUsageOID.SERVER_AUTH, "client_auth": Ext
 
 
 def _sign(inputs: dict, subject: x509.Name, public_key, issuer: x509.Name, signer,
-          sans: list, issuer_key=None) -> dict:
-    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+          sans: list, salt: bytes, issuer_key=None) -> dict:
+    now = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
     hours = int(inputs.get("validityPeriodHours", 24))
     uses = inputs.get("allowedUses") or []
     is_ca = bool(inputs.get("isCaCertificate", False))
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer).public_key(public_key)
-               .serial_number(x509.random_serial_number()).not_valid_before(now)
+               .serial_number(int.from_bytes(salt[:19], "big") >> 1 or 1).not_valid_before(now)
                .not_valid_after(now + dt.timedelta(hours=hours)))
     path_len = inputs.get("maxPathLength")
     builder = builder.add_extension(
@@ -113,7 +127,7 @@ def _sign(inputs: dict, subject: x509.Name, public_key, issuer: x509.Name, signe
         builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key),
                                         critical=False)
     algo = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    cert = builder.sign(signer, algo)
+    cert = builder.sign(signer, algo, ecdsa_deterministic=True if isinstance(signer, ec.EllipticCurvePrivateKey) else None)
     return {"certPem": cert.public_bytes(serialization.Encoding.PEM).decode(),
             "validityStartTime": now.isoformat(), "validityEndTime": (now + dt.timedelta(hours=hours)).isoformat(),
             "readyForRenewal": False}
@@ -125,10 +139,10 @@ def _sans(inputs: dict) -> list:
             + [x509.UniformResourceIdentifier(u) for u in inputs.get("uris") or []])
 
 
-def self_signed_cert(inputs: dict) -> dict:
+def self_signed_cert(inputs: dict, salt: bytes) -> dict:
     key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
     name = _name(inputs.get("subject"))
-    return _sign(inputs, name, key.public_key(), name, key, _sans(inputs), issuer_key=key.public_key())
+    return _sign(inputs, name, key.public_key(), name, key, _sans(inputs), salt, issuer_key=key.public_key())
 
 
 def cert_request(inputs: dict) -> dict:
@@ -138,10 +152,12 @@ def cert_request(inputs: dict) -> dict:
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     algo = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    return {"certRequestPem": builder.sign(key, algo).public_bytes(serialization.Encoding.PEM).decode()}
+    det = True if isinstance(key, ec.EllipticCurvePrivateKey) else None
+    return {"certRequestPem": builder.sign(key, algo, ecdsa_deterministic=det)
+            .public_bytes(serialization.Encoding.PEM).decode()}
 
 
-def locally_signed_cert(inputs: dict) -> dict:
+def locally_signed_cert(inputs: dict, salt: bytes) -> dict:
     csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
     ca_key = serialization.load_pem_private_key(inputs["caPrivateKeyPem"].encode(), None)
     ca_cert = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
@@ -149,38 +165,38 @@ def locally_signed_cert(inputs: dict) -> dict:
         sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
         sans = []
-    return _sign(inputs, csr.subject, csr.public_key(), ca_cert.subject, ca_key, sans,
+    return _sign(inputs, csr.subject, csr.public_key(), ca_cert.subject, ca_key, sans, salt,
                  issuer_key=ca_key.public_key())
 
 
-def random_password(inputs: dict) -> dict:
+def random_password(inputs: dict, salt: bytes) -> dict:
+    rng = random.Random(salt)
     alphabet = string.ascii_letters + string.digits
     if inputs.get("special", True):
         alphabet += inputs.get("overrideSpecial") or "!@#$%&*()-_=+[]{}<>:?"
-    value = "".join(secrets.choice(alphabet) for _ in range(int(inputs.get("length", 16))))
+    value = "".join(rng.choice(alphabet) for _ in range(int(inputs.get("length", 16))))
     return {"result": value, "bcryptHash": ""}
 
 
-def random_bytes(inputs: dict) -> dict:
-    raw = secrets.token_bytes(int(inputs.get("length", 32)))
+def random_bytes(inputs: dict, salt: bytes) -> dict:
+    raw = hashlib.shake_256(salt).digest(int(inputs.get("length", 32)))
     return {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
 
 
-def outputs_for(type_: str, name: str, inputs: dict, facts: dict[str, str]) -> dict:
+def outputs_for(type_: str, name: str, inputs: dict, facts: dict[str, str], stack: str = "") -> dict:
+    salt = seed(stack, type_, name, inputs)
     if type_ == "tls:index/privateKey:PrivateKey":
-        out = private_key(inputs)
-        out.pop("_der")
-        return out
+        return private_key(inputs, salt)
     if type_ == "tls:index/selfSignedCert:SelfSignedCert":
-        return self_signed_cert(inputs)
+        return self_signed_cert(inputs, salt)
     if type_ == "tls:index/certRequest:CertRequest":
         return cert_request(inputs)
     if type_ == "tls:index/locallySignedCert:LocallySignedCert":
-        return locally_signed_cert(inputs)
+        return locally_signed_cert(inputs, salt)
     if type_ == "random:index/randomPassword:RandomPassword":
-        return random_password(inputs)
+        return random_password(inputs, salt)
     if type_ == "random:index/randomBytes:RandomBytes":
-        return random_bytes(inputs)
+        return random_bytes(inputs, salt)
     if type_ in ("command:remote:Command", "command:local:Command"):
         found = FACT.search(inputs.get("create") or "")
         return {"stdout": facts.get(found.group(1), "") if found else "", "stderr": ""}

@@ -129,7 +129,9 @@ class Plan:
     def document(self) -> dict:
         return {
             "stack": self.run.stack,
-            "resources": [resource_entry(r, self.secrets) for r in self.run.resources],
+            # Registration order is async and varies; URN order makes plans comparable.
+            "resources": [resource_entry(r, self.secrets)
+                          for r in sorted(self.run.resources, key=lambda r: r.urn)],
             "outputs": {k: _scrub(v, self.secrets) for k, v in sorted(self.run.outputs.items())},
             "secrets": sorted(set(self.secrets.values.values())),
             "warnings": self.warnings,
@@ -139,7 +141,7 @@ class Plan:
         if out.exists():
             shutil.rmtree(out)
         (out / "files").mkdir(parents=True)
-        (out / "plan.json").write_text(json.dumps(self.document(), indent=2, sort_keys=False) + "\n")
+        (out / "plan.json").write_text(json.dumps(self.document(), indent=2, sort_keys=True) + "\n")
         for guest, files in pushed_files(self.run, self.topo).items():
             for path, (f, _step) in files.items():
                 target = out / "files" / guest / path.lstrip("/")
