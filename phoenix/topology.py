@@ -62,6 +62,22 @@ class Record:
     value: str
 
 
+#: where every guest keeps the Phoenix root and its own certificates (one convention for all tiers).
+ROOT_CA_TRUST_PATH = "/usr/local/share/ca-certificates/phoenix-root.crt"
+TLS_DIR = "/etc/phoenix/tls"
+
+
+@dataclass(frozen=True)
+class TlsPaths:
+    cert: str      # leaf + intermediate chain, PEM
+    key: str
+    root: str
+
+
+def tls_paths(name: str) -> TlsPaths:
+    return TlsPaths(f"{TLS_DIR}/{name}.crt", f"{TLS_DIR}/{name}.key", f"{TLS_DIR}/phoenix-root.crt")
+
+
 @dataclass
 class Topology:
     lab: Lab
@@ -134,6 +150,14 @@ class Topology:
     def ca_sans(self) -> list[str]:
         """Every name and address the CA's clients and its health check use (trap 5)."""
         return [self.ca_name, str(self.ca.address), "localhost", "127.0.0.1"]
+
+    #: TSIG key that may update only _acme-challenge names in the public zone (DNS-01).
+    acme_tsig_key_name: str = "phoenix-acme"
+
+    @property
+    def internal_networks(self) -> list[str]:
+        """Clients the internal DNS view and internal-only flows treat as guests."""
+        return [str(self.lab.network.cidr)] + [str(n) for n in self.lab.network.management]
 
     @property
     def public_acme_directory(self) -> str:
