@@ -137,7 +137,8 @@ def main() -> None:
     FirewallTier("firewall", ctx)
 
     pulumi.export("guests", {g.name: {"id": g.id, "address": str(g.address), "node": g.node,
-                                      "role": g.role, "fqdn": topo.guest_fqdn(g)} for g in lab.guests})
+                                      "role": g.role, "fqdn": topo.guest_fqdn(g), "url": topo.guest_url(g)}
+                            for g in lab.guests})
     pulumi.export("publicEntryPoints", [f"https://{h}/" for h in topo.public_hosts])
     pulumi.export("serviceUrls", {r.service: f"https://{r.host}/" for r in topo.routes if r.public})
     pulumi.export("rootCaFingerprint", pki.root_fingerprint)

@@ -196,6 +196,24 @@ class Topology:
     def service(self, name: str) -> Service:
         return next(s for s in self.lab.services if s.name == name)
 
+    def guest_url(self, guest: Guest) -> str:
+        """Where a person reaches what a guest serves (stack output)."""
+        if guest.role == "ca":
+            return self.ca_url
+        if guest.role == "dns":
+            return f"dns://{guest.address}"
+        if guest.role == "gateway":
+            return f"https://{self.public_hosts[0]}/" if self.public_hosts else f"https://{guest.address}/"
+        if guest.role == "mesh":
+            return f"https://{self.mesh_name}:{self.entrypoints['internal'].port}/"
+        for r in self.routes:
+            if guest.name in {b.guest for b in r.backends} and r.public:
+                return f"https://{r.host}/"
+        for r in self.routes:
+            if guest.name in {b.guest for b in r.backends}:
+                return f"https://{r.host}:{r.entrypoint.port}/"
+        return f"ssh://root@{guest.address}"
+
     # -- DNS records -----------------------------------------------------------------
     @cached_property
     def internal_records(self) -> list[Record]:

@@ -22,6 +22,7 @@ from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 from phoenix.plan import fakes
 from phoenix.stackfile import StackConfig
 
+GUEST_TYPES = ("proxmoxve:index/containerLegacy:ContainerLegacy", "proxmoxve:index/vmLegacy:VmLegacy")
 SECRET_SIG = rpc._special_sig_key
 SECRET_VALUE = rpc._special_secret_sig
 
@@ -149,11 +150,16 @@ class Run:
     def by_type(self, type_: str) -> list[Recorded]:
         return [r for r in self.resources if r.type == type_]
 
-    def named(self, name: str) -> Recorded:
-        found = [r for r in self.resources if r.name == name]
+    def named(self, name: str, type_: Optional[str] = None) -> Recorded:
+        found = [r for r in self.resources if r.name == name and (type_ is None or r.type == type_)
+                 and (type_ is not None or r.custom)]
         if len(found) != 1:
             raise KeyError(f"{len(found)} resources named {name!r}")
         return found[0]
+
+    def guest(self, name: str) -> Recorded:
+        """The ContainerLegacy or VmLegacy of a guest."""
+        return next(r for r in self.resources if r.name == name and r.type in GUEST_TYPES)
 
     def urn_of(self, name: str) -> str:
         return self.named(name).urn
@@ -177,6 +183,10 @@ def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None
     try:
         _sync_await(run_pulumi_func(program))
         outputs = {name: _resolve(value) for name, value in root.outputs.items()}
+    except BaseException as err:
+        # What got registered before the failure (tests check bad input registers nothing).
+        err.phoenix_registered = list(monitor.order)  # type: ignore[attr-defined]
+        raise
     finally:
         settings.set_root_resource(None)
     return Run(stack.name, [monitor.recorded[u] for u in monitor.order], outputs, monitor)
