@@ -22,6 +22,8 @@ import ipaddress
 import re
 import string
 
+import bcrypt
+
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -175,7 +177,11 @@ def random_password(inputs: dict, salt: bytes) -> dict:
     if inputs.get("special", True):
         alphabet += inputs.get("overrideSpecial") or "!@#$%&*()-_=+[]{}<>:?"
     value = "".join(rng.choice(alphabet) for _ in range(int(inputs.get("length", 16))))
-    return {"result": value, "bcryptHash": ""}
+    # A real bcrypt hash (as pulumi-random gives), with a salt from the seed so plans stay stable.
+    salt_chars = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+    salt = "".join(rng.choice(salt_chars) for _ in range(21)) + "."
+    hashed = bcrypt.hashpw(value.encode()[:72], f"$2b$04${salt}".encode()).decode()
+    return {"result": value, "bcryptHash": hashed}
 
 
 def random_bytes(inputs: dict, salt: bytes) -> dict:

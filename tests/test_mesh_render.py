@@ -1,0 +1,253 @@
+"""The mesh's Traefik files as the plan pushes them: schema-valid, every reference defined, and
+each route of the catalog routed, balanced, health-checked and verified as the model says."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import SCHEMAS, SHIPPED_STACKS, shipped_plan
+from phoenix.plan.writer import pushed_files
+from phoenix.render import mesh
+from phoenix.topology import ROOT_CA_TRUST_PATH
+
+#: keys of Traefik's serversTransport (the file-provider schema does not describe it).
+TRANSPORT_KEYS = {"serverName", "insecureSkipVerify", "rootCAs", "certificates", "maxIdleConnsPerHost",
+                  "forwardingTimeouts", "disableHTTP2", "peerCertURI", "spiffe"}
+
+
+def mesh_files(plan) -> dict:
+    return {path: f for path, (f, _step) in pushed_files(plan.run, plan.topo)[plan.topo.mesh.name].items()}
+
+
+@pytest.fixture(params=SHIPPED_STACKS)
+def stack(request):
+    plan = shipped_plan(request.param)
+    files = mesh_files(plan)
+    static = yaml.safe_load(files[mesh.STATIC_PATH].content)
+    dynamic = yaml.safe_load(files[mesh.DYNAMIC_PATH].content)
+    return plan, plan.topo, static, dynamic, files
+
+
+def schema(name: str):
+    path = SCHEMAS / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent: cannot validate the Traefik config against its schema")
+    import jsonschema
+    return jsonschema.Draft7Validator(json.loads(path.read_text()))
+
+
+# -- schema ----------------------------------------------------------------------------------
+def test_static_config_validates_against_the_traefik_v3_schema(stack):
+    _plan, _topo, static, _dyn, _files = stack
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in schema("traefik-v3-static.json").iter_errors(static)]
+    assert errors == []
+
+
+def test_dynamic_config_validates_against_the_file_provider_schema(stack):
+    _plan, _topo, _static, dynamic, _files = stack
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}"
+              for e in schema("traefik-v3-file-provider.json").iter_errors(dynamic)]
+    assert errors == []
+    # The schema leaves serversTransports open; hold them to Traefik's own fields.
+    for name, t in dynamic["http"]["serversTransports"].items():
+        assert set(t) <= TRANSPORT_KEYS, (name, set(t) - TRANSPORT_KEYS)
+
+
+def test_the_pushed_files_are_the_pure_functions_rendered(stack):
+    _plan, topo, static, dynamic, _files = stack
+    assert static == mesh.static_config(topo)
+    assert dynamic == mesh.dynamic_config(topo)
+
+
+# -- traps 9 and 10: every reference defined, routers only in the dynamic file ------------------
+def test_routers_live_in_the_dynamic_file_and_every_reference_is_defined(stack):
+    _plan, _topo, static, dynamic, _files = stack
+    assert "http" not in static and "tls" not in static
+    http = dynamic["http"]
+    internal = {"api@internal", "ping@internal"}
+    for name, r in http["routers"].items():
+        assert set(r["entryPoints"]) <= set(static["entryPoints"]), name
+        assert r["service"] in http["services"] or r["service"] in internal, name
+        assert set(r.get("middlewares", [])) <= set(http["middlewares"]), name
+        if "tls" in r:
+            assert r["tls"]["certResolver"] in static["certificatesResolvers"], name
+            assert r["tls"].get("options", "default") in dynamic["tls"]["options"], name
+    for name, s in http["services"].items():
+        assert s["loadBalancer"]["serversTransport"] in http["serversTransports"], name
+    assert static["ping"]["entryPoint"] in static["entryPoints"]
+    assert static["metrics"]["prometheus"]["entryPoint"] in static["entryPoints"]
+    acme = static["certificatesResolvers"][mesh.RESOLVER]["acme"]
+    assert acme["httpChallenge"]["entryPoint"] in static["entryPoints"]
+
+
+# -- entrypoints, ACME, dashboard -------------------------------------------------------------
+def test_entrypoints_come_from_the_topology(stack):
+    _plan, topo, static, _dyn, _files = stack
+    eps = static["entryPoints"]
+    for name, ep in topo.entrypoints.items():
+        assert eps[name]["address"] == f":{ep.port}"
+    assert eps["gateway"]["forwardedHeaders"]["trustedIPs"] == [str(topo.gateway.address)]
+    assert eps[mesh.ACME_ENTRYPOINT]["address"] == ":80"
+    assert eps[mesh.METRICS_ENTRYPOINT]["address"] == f":{topo.lab.mesh.metrics_port}"
+    assert eps[mesh.DASHBOARD_ENTRYPOINT]["address"] == f":{topo.lab.mesh.dashboard_port}"
+
+
+def test_certificates_come_from_step_ca_by_acme_http01_on_port_80(stack):
+    _plan, topo, static, dynamic, files = stack
+    acme = static["certificatesResolvers"][mesh.RESOLVER]["acme"]
+    assert acme["caServer"] == topo.acme_directory
+    assert re.match(r"^https://\d+\.\d+\.\d+\.\d+:\d+/", acme["caServer"])  # by address (trap 4)
+    assert acme["storage"] == mesh.ACME_STORAGE and acme["storage"].startswith(mesh.STATE_DIR + "/")
+    assert acme["certificatesDuration"] == topo.lab.pki.leaf_lifetime_hours
+    # Step-CA validates HTTP-01 on port 80 of the mesh: the flow matrix lets it.
+    assert topo.allows(topo.ca, topo.mesh.name, 80)
+    assert f"Environment=LEGO_CA_CERTIFICATES={ROOT_CA_TRUST_PATH}" in files[mesh.UNIT_PATH].content
+
+
+def test_the_mesh_certificate_carries_the_name_the_gateway_verifies(stack):
+    _plan, topo, _static, dynamic, _files = stack
+    for name, r in dynamic["http"]["routers"].items():
+        if "tls" in r:
+            assert r["tls"]["domains"] == [{"main": topo.mesh_name}], name
+    store = dynamic["tls"]["stores"]["default"]["defaultGeneratedCert"]
+    assert store == {"resolver": mesh.RESOLVER, "domain": {"main": topo.mesh_name}}
+
+
+def test_dashboard_is_internal_only_behind_basic_auth(stack):
+    _plan, topo, static, dynamic, files = stack
+    assert static["api"] == {"dashboard": True, "insecure": False}
+    routers = [r for r in dynamic["http"]["routers"].values() if r["service"] == "api@internal"]
+    for r in routers:
+        if r["entryPoints"] == [mesh.METRICS_ENTRYPOINT]:
+            assert r["rule"].startswith("ClientIP(`127.0.0.1`) &&")  # the health check, local only
+            continue
+        assert r["entryPoints"] == [mesh.DASHBOARD_ENTRYPOINT]
+        mws = [dynamic["http"]["middlewares"][m] for m in r["middlewares"]]
+        assert {"ipAllowList": {"sourceRange": topo.internal_networks}} in mws
+        assert any("basicAuth" in m and m["basicAuth"]["usersFile"] == mesh.USERS_PATH for m in mws)
+        assert "tls" in r
+    users = files[mesh.USERS_PATH]
+    assert (users.mode, users.owner, users.group) == (0o640, "root", mesh.USER)
+
+
+# -- routes from the catalog --------------------------------------------------------------------
+def test_every_route_has_a_router_on_its_entrypoint(stack):
+    _plan, topo, _static, dynamic, _files = stack
+    routers = dynamic["http"]["routers"]
+    for route in topo.routes:
+        r = routers[mesh.router_name(route)]
+        assert r["entryPoints"] == [route.entrypoint.name]
+        assert f"Host(`{route.host}`)" in r["rule"]
+        assert r["service"] == route.service
+        assert r["middlewares"] == [mesh.RETRY, mesh.CIRCUIT_BREAKER]
+        assert r["tls"]["certResolver"] == mesh.RESOLVER
+        if route.public:
+            assert route.entrypoint.name == "gateway"
+            assert r["tls"]["options"] == mesh.MTLS_OPTION
+        else:
+            assert "options" not in r["tls"]
+            for alias in topo.service(route.service).aliases:
+                assert f"Host(`{topo.fqdn(alias)}`)" in r["rule"]
+
+
+def test_gateway_routers_require_a_client_certificate_from_the_phoenix_root(stack):
+    _plan, topo, _static, dynamic, _files = stack
+    option = dynamic["tls"]["options"][mesh.MTLS_OPTION]
+    assert option["clientAuth"] == {"caFiles": [ROOT_CA_TRUST_PATH], "clientAuthType": "RequireAndVerifyClientCert"}
+    assert option["minVersion"] == "VersionTLS12"
+    # The gateway's SNI is mesh_name: a router for that host selects the same option on the
+    # gateway entrypoint, or Traefik would answer 421 to every proxied request.
+    sni = [r for r in dynamic["http"]["routers"].values()
+           if f"Host(`{topo.mesh_name}`)" in r["rule"] and r["entryPoints"] == ["gateway"]]
+    assert [r["tls"]["options"] for r in sni] == [mesh.MTLS_OPTION]
+
+
+def test_services_balance_every_replica_with_health_checks_and_model_limits(stack):
+    _plan, topo, _static, dynamic, _files = stack
+    http = dynamic["http"]
+    m = topo.lab.mesh
+    assert http["middlewares"][mesh.RETRY] == {"retry": {"attempts": m.retry_attempts, "initialInterval": "100ms"}}
+    assert http["middlewares"][mesh.CIRCUIT_BREAKER] == {"circuitBreaker": {"expression": m.circuit_breaker}}
+    for s in topo.lab.services:
+        lb = http["services"][s.name]["loadBalancer"]
+        assert [srv["url"] for srv in lb["servers"]] == [b.url for b in topo.backends(s)]
+        assert len(lb["servers"]) == len(s.guests)
+        assert lb["healthCheck"]["path"] == s.health
+        assert lb["healthCheck"]["interval"] == m.health_interval
+        assert ("sticky" in lb) == s.sticky
+        if s.sticky:
+            assert lb["sticky"]["cookie"]["secure"] and lb["sticky"]["cookie"]["httpOnly"]
+        transport = http["serversTransports"][lb["serversTransport"]]
+        assert transport["forwardingTimeouts"]["responseHeaderTimeout"] == f"{s.timeout}s"
+        if s.protocol == "https":
+            assert transport["serverName"] == topo.backend_tls_name(s)
+            assert transport["rootCAs"] == [ROOT_CA_TRUST_PATH]
+            assert transport["insecureSkipVerify"] is False
+        else:
+            assert "serverName" not in transport and "rootCAs" not in transport
+
+
+def test_health_check_list_names_every_router_service_and_backend(stack):
+    _plan, topo, _static, dynamic, files = stack
+    lines = files[mesh.EXPECTED_PATH].content.split()
+    assert {f"{n}@file" for n in dynamic["http"]["routers"]} <= set(lines)
+    assert {f"{n}@file" for n in dynamic["http"]["services"]} <= set(lines)
+    assert {b.url for s in topo.lab.services for b in topo.backends(s)} <= set(lines)
+
+
+# -- unit and scripts ---------------------------------------------------------------------------
+def test_unit_runs_traefik_as_its_own_user_with_only_the_bind_capability(stack):
+    _plan, topo, _static, _dyn, files = stack
+    unit = files[mesh.UNIT_PATH].content
+    assert "User=traefik" in unit and "Group=traefik" in unit
+    assert f"ExecStart={mesh.BINARY} --configFile={mesh.STATIC_PATH}" in unit
+    # :80 (ACME HTTP-01) is below 1024: that capability, and no other.
+    assert mesh.binds_privileged_port(topo)
+    assert re.findall(r"^(?:Ambient|CapabilityBoundingSet)\S*=(.*)$", unit, re.M) == ["CAP_NET_BIND_SERVICE"] * 2
+    assert "NoNewPrivileges=true" in unit
+
+
+def test_unit_grants_no_capability_when_no_port_is_privileged(monkeypatch):
+    topo = shipped_plan("dev").topo
+    monkeypatch.setattr(mesh, "ACME_HTTP_PORT", 8080)
+    unit = mesh.unit_text(topo)
+    assert "CAP_NET_BIND_SERVICE" not in unit
+    assert "CapabilityBoundingSet=\n" in unit
+
+
+@pytest.mark.parametrize("path", [mesh.HEALTH_SCRIPT, f"{mesh.SCRIPTS_DIR}/{'traefik-install'}.sh"])
+def test_generated_scripts_pass_shellcheck(stack, path, tmp_path):
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (scripts/install-debian-deps.sh installs it)")
+    _plan, _topo, _static, _dyn, files = stack
+    script = tmp_path / "script.sh"
+    script.write_text(files[path].content)
+    out = subprocess.run(["shellcheck", "--shell=bash", str(script)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+
+
+def test_the_pinned_sha256_reaches_the_install_script_and_its_absence_is_warned():
+    from conftest import edited
+    from phoenix.model import parse_lab
+    from phoenix.stackfile import expand_catalog
+    from phoenix.topology import build
+
+    def topo_of(stack):
+        return build(parse_lab(expand_catalog(stack.phoenix(), stack.root)))
+
+    unpinned = topo_of(edited("dev", lambda raw: None))
+    assert unpinned.lab.mesh.traefik_sha256 is None
+    assert mesh.deploy_warnings(unpinned) == [
+        "phoenix:mesh.traefikSha256 is not set: the mesh's install step will refuse to install Traefik 3.1.6; "
+        "set it to the sha256 of traefik_v3.1.6_linux_amd64.tar.gz from the release's traefik_v3.1.6_checksums.txt"]
+    assert 'sha256=""' in mesh.install_script(unpinned)
+    pin = "ab" * 32     # a test value, not a real release's checksum
+    pinned = topo_of(edited("dev", lambda raw: raw.setdefault("mesh", {}).update(traefikSha256=pin)))
+    assert mesh.deploy_warnings(pinned) == []
+    assert f'sha256="{pin}"' in mesh.install_script(pinned)
