@@ -46,7 +46,6 @@ class Secrets:
     """Secret inputs, every one a secret Output from config or generated in the program."""
     portainer_admin_password: Optional[pulumi.Output] = None
     agent_secret: Optional[pulumi.Output] = None
-    ca_password: Optional[pulumi.Output] = None
     provisioner_password: Optional[pulumi.Output] = None
     tsig_key: Optional[pulumi.Output] = None
 

@@ -37,8 +37,6 @@ class MeshTier(pulumi.ComponentResource):
         super().__init__("phoenix:tier:Mesh", name, None, opts)
         topo = ctx.topo
         handle = ctx.handle(topo.mesh.name)
-        for line in render.deploy_warnings(topo):
-            pulumi.log.warn(line)
         # The dashboard's password: made once, kept in the state, a secret everywhere; Traefik
         # gets only its bcrypt hash, in a file the traefik group reads.
         self.dashboard_password = random.RandomPassword(

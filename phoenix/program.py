@@ -19,6 +19,9 @@ from phoenix.topology import Topology, build
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
+#: set by the offline plan's engine: pins a real deployment needs become warnings, not errors.
+OFFLINE_PLAN = False
+
 #: secrets the operator sets (``pulumi config set --secret``); the rest are generated.
 OPERATOR_SECRETS = {
     "proxmoxPassword": "the root@pam password of the Proxmox API (or set phoenix:proxmoxApiToken)",
@@ -53,6 +56,8 @@ def load(cfg: pulumi.Config | None = None) -> tuple[Lab, Topology]:
     problems = missing_secrets(cfg, lab)
     from phoenix.audit import route_audit   # the audit reads the topology; see audit.py
     problems += route_audit(topo).problems
+    if not OFFLINE_PLAN:
+        problems += deploy_problems(topo)
     if problems:
         raise ConfigError(problems)
     return lab, topo
@@ -66,7 +71,15 @@ def load_from_stack(stack) -> tuple[Lab, Topology, list[str]]:
     report = route_audit(topo)
     if report.problems:
         raise ConfigError(report.problems)
-    return lab, topo, list(getattr(report, "warnings", []))
+    pins = [f"{line} (a real deployment refuses to start without it)" for line in deploy_problems(topo)]
+    return lab, topo, list(report.warnings) + pins
+
+
+def deploy_problems(topo: Topology) -> list[str]:
+    """Release checksums the install steps need: refused before `pulumi up` creates anything."""
+    from phoenix import pki
+    from phoenix.render import mesh
+    return pki.deploy_problems(topo.lab) + mesh.deploy_problems(topo)
 
 
 def missing_secrets(cfg: pulumi.Config, lab: Lab) -> list[str]:
@@ -122,7 +135,6 @@ def main() -> None:
     secrets = Secrets(
         portainer_admin_password=cfg.get_secret("portainerAdminPassword"),
         agent_secret=generated_secret("portainer-agent-secret", 48),
-        ca_password=generated_secret("step-ca-key-password", 48),
         provisioner_password=generated_secret("step-ca-provisioner-password", 48),
         tsig_key=random.RandomBytes("tsig-key", random.RandomBytesArgs(length=32)).base64,
     )

@@ -243,11 +243,11 @@ def test_the_pinned_sha256_reaches_the_install_script_and_its_absence_is_warned(
 
     unpinned = topo_of(edited("dev", lambda raw: None))
     assert unpinned.lab.mesh.traefik_sha256 is None
-    assert mesh.deploy_warnings(unpinned) == [
-        "phoenix:mesh.traefikSha256 is not set: the mesh's install step will refuse to install Traefik 3.1.6; "
-        "set it to the sha256 of traefik_v3.1.6_linux_amd64.tar.gz from the release's traefik_v3.1.6_checksums.txt"]
+    assert mesh.deploy_problems(unpinned) == [
+        "phoenix:mesh.traefikSha256: required to install Traefik 3.1.6: the sha256 of "
+        "traefik_v3.1.6_linux_amd64.tar.gz from the release's traefik_v3.1.6_checksums.txt"]
     assert 'sha256=""' in mesh.install_script(unpinned)
     pin = "ab" * 32     # a test value, not a real release's checksum
     pinned = topo_of(edited("dev", lambda raw: raw.setdefault("mesh", {}).update(traefikSha256=pin)))
-    assert mesh.deploy_warnings(pinned) == []
+    assert mesh.deploy_problems(pinned) == []
     assert f'sha256="{pin}"' in mesh.install_script(pinned)

@@ -201,3 +201,25 @@ def test_json_schema_names_every_section_by_config_key():
     service = schema["$defs"]["Service"]["properties"]
     assert {"publicHost", "maxBodySize", "guests"} <= set(service)
     assert schema["$defs"]["Guest"]["additionalProperties"] is False
+
+
+def test_a_real_deployment_refuses_unpinned_release_checksums_before_any_resource():
+    """The plan warns about missing release pins; `pulumi up` refuses them before creating anything."""
+    import pulumi
+    import phoenix.program
+    from phoenix.plan import make_plan, with_placeholder_secrets
+    from phoenix.plan.engine import run_program
+    warnings = make_plan(stack_config("dev")).warnings
+    assert any(w.startswith("phoenix:mesh.traefikSha256: required to install Traefik") for w in warnings)
+    assert any(w.startswith("phoenix:pki.stepCaSha256: required to install step-ca") for w in warnings)
+
+    def as_real_run():
+        phoenix.program.OFFLINE_PLAN = False     # what `pulumi up` sees
+        phoenix.program.main()
+
+    stack, _ = with_placeholder_secrets(stack_config("dev"))
+    with pytest.raises(pulumi.RunError) as info:
+        run_program(stack, program=as_real_run)
+    assert "phoenix:mesh.traefikSha256: required to install Traefik 3.1.6" in str(info.value)
+    assert "phoenix:pki.stepCliSha256: required to install step-cli" in str(info.value)
+    assert info.value.phoenix_registered == []

@@ -180,6 +180,8 @@ def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None
     # set_mocks finishes its root stack at once; exports need one that is still open.
     settings.set_root_resource(None)
     root = Stack()
+    import phoenix.program
+    phoenix.program.OFFLINE_PLAN = True
     try:
         _sync_await(run_pulumi_func(program))
         outputs = {name: _resolve(value) for name, value in root.outputs.items()}
@@ -188,6 +190,7 @@ def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None
         err.phoenix_registered = list(monitor.order)  # type: ignore[attr-defined]
         raise
     finally:
+        phoenix.program.OFFLINE_PLAN = False
         settings.set_root_resource(None)
     return Run(stack.name, [monitor.recorded[u] for u in monitor.order], outputs, monitor)
 

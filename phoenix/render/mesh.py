@@ -311,14 +311,13 @@ def health_script(topo: Topology) -> str:
                   root_ca=ROOT_CA_TRUST_PATH)
 
 
-def deploy_warnings(topo: Topology) -> list[str]:
-    """What the plan cannot refuse but the deployment will (Phoenix never guesses a checksum)."""
+def deploy_problems(topo: Topology) -> list[str]:
+    """Pins a real deployment needs (Phoenix never guesses a checksum); the plan shows them as warnings."""
     m = topo.lab.mesh
     if m.traefik_sha256:
         return []
-    return [f"phoenix:mesh.traefikSha256 is not set: the mesh's install step will refuse to install Traefik "
-            f"{m.traefik_version}; set it to the sha256 of {release_file(m.traefik_version)} from the release's "
-            f"{checksums_file(m.traefik_version)}"]
+    return [f"phoenix:mesh.traefikSha256: required to install Traefik {m.traefik_version}: the sha256 of "
+            f"{release_file(m.traefik_version)} from the release's {checksums_file(m.traefik_version)}"]
 
 
 def users_text(bcrypt_hash: str) -> str:
