@@ -17,6 +17,8 @@ from phoenix.bundle import GuestFile, pack
 from phoenix.model import Guest
 from phoenix.render import config_text
 from phoenix.render.guests import render_user_data
+from phoenix.render.workloads import DRIVER_FACT
+from phoenix.topology import gpu_device_paths
 
 #: start order: name service first, the CA before anything that asks it for certificates.
 START_ORDER = {"dns": 1, "ca": 2, "mesh": 3, "gateway": 4, "gpu": 5, "portainer": 6, "agent": 7}
@@ -35,6 +37,11 @@ class GuestsTier(pulumi.ComponentResource):
                                          opts=pulumi.ResourceOptions(parent=self, protect=True))
         self.images = self._images(pve_opts)
         self.gpu_mappings = self._gpu_mappings(pve_opts)
+        # GPU containers start only where their device nodes exist: probe each GPU node first
+        # (it also reads the driver version the containers' user-space drivers must match).
+        from components.workloads import gpu_node_probes
+        self.gpu_probes = gpu_node_probes(lab, topo, self.deploy_key.private_key_openssh, self)
+        ctx.facts[DRIVER_FACT] = {node: probe.stdout for node, probe in self.gpu_probes.items()}
         for g in lab.guests:
             resource = self._lxc(g, pve_opts) if g.kind == "lxc" else self._vm(g, pve_opts)
             handle = GuestHandle(g, resource, self._connection(g))
@@ -120,7 +127,8 @@ class GuestsTier(pulumi.ComponentResource):
                     template_file_id=self.images[(g.image, g.node)].id, type="debian"),
                 device_passthroughs=devices or None),
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
-                protect=g.role == "ca", ignore_changes=["operatingSystem"])))
+                protect=g.role == "ca", ignore_changes=["operatingSystem"],
+                depends_on=[self.gpu_probes[g.node]] if devices else [])))
 
     def _vm(self, g: Guest, opts) -> pve.VmLegacy:
         lab, topo = self._ctx.lab, self._ctx.topo
@@ -193,12 +201,3 @@ class GuestsTier(pulumi.ComponentResource):
             remote.CommandArgs(connection=handle.connection, create=create, stdin=pack(files),
                                triggers=[handle.resource.id]),
             opts=pulumi.ResourceOptions(parent=self, depends_on=[handle.resource]))
-
-
-def gpu_device_paths(g: Guest) -> list[str]:
-    """Device nodes for a GPU LXC, by path only: the nvidia-uvm major is dynamic (trap 17)."""
-    if not g.gpus:
-        return []
-    return ([f"/dev/nvidia{i}" for i in g.gpus]
-            + ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools",
-               "/dev/nvidia-caps/nvidia-cap1", "/dev/nvidia-caps/nvidia-cap2"])

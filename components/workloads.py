@@ -1,14 +1,139 @@
-"""WorkloadsTier: placeholder until its issue lands."""
+"""WorkloadsTier: GPU services in their LXCs, the Portainer server VM and the agent VMs.
+
+* GPU LXCs: the NVIDIA user-space driver at exactly the node's driver version (read on the
+  node at deploy time by ``gpu_node_probes``, which the guests tier runs before it creates
+  GPU containers), then one systemd unit per catalog service with its own certificate.
+* Portainer: the pinned server by compose, its admin password and the agent secret from
+  Pulumi secrets in root-only files (never on a command line); per agent VM the pinned
+  agent, and on the Portainer VM a registration step that depends on both and removes the
+  environment again on destroy.
+"""
 
 from __future__ import annotations
 
-import pulumi
+import ipaddress
+from typing import Sequence
 
-from components.base import Context
+import pulumi
+from pulumi_command import remote
+
+from components.base import Context, GuestHandle, push, script
+from phoenix.bundle import GuestFile
+from phoenix.model import Guest, Lab
+from phoenix.render import workloads as wl
+from phoenix.topology import Topology
+
+
+def gpu_node_probes(lab: Lab, topo: Topology, private_key: pulumi.Input[str],
+                    parent: pulumi.Resource) -> dict[str, remote.Command]:
+    """One command per node with GPU guests: device nodes there, driver version on stdout.
+
+    It runs on the node (as ``proxmox.sshUser`` with the deploy key) and says nothing about the
+    guests, so the guests tier runs it before creating GPU containers: a container whose device
+    nodes are missing would not start. Its stdout is the fact ``gpu-driver-version``. After a
+    driver upgrade on the node, replace it (``pulumi up --replace <its URN>``) so the containers
+    follow.
+    """
+    out = {}
+    for name in wl.gpu_nodes(topo):
+        node = next(n for n in lab.proxmox.nodes if n.name == name)
+        out[name] = remote.Command(
+            f"gpu-probe-{name}",
+            remote.CommandArgs(
+                connection=remote.ConnectionArgs(host=str(node.address), port=node.ssh_port,
+                                                 user=lab.proxmox.ssh_user, private_key=private_key,
+                                                 dial_error_limit=10, per_dial_timeout=10),
+                create=wl.gpu_probe_command(topo, name)),
+            opts=pulumi.ResourceOptions(parent=parent))
+    return out
+
+
+def service_certificate(ctx: Context, handle: GuestHandle, name: str, names: list[str], *, group: str,
+                        reload: str, parent: pulumi.Resource,
+                        depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.Resource:
+    """A certificate from Step-CA at ``tls_paths(name)`` (the trust tier's ``internal_certificate``),
+    key readable by ``group``, ``reload`` run after a renewal.
+
+    ACME (HTTP-01) proves DNS names only, and only names that resolve to this guest alone: the
+    rest of ``names`` (addresses, a replicated service's shared name) are left out.
+    """
+    from components.trust import internal_certificate
+    from phoenix.render.trust import shared_sans
+    shared = set(shared_sans(ctx.topo, handle.name, names))
+    sans = [n for n in names if n not in shared and not _is_address(n)]
+    return internal_certificate(ctx, handle, name=name, sans=sans, owner="root", group=group, reload=reload,
+                                parent=parent, depends_on=depends_on)
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
+def _run(name: str, handle: GuestHandle, text: str, files: Sequence[GuestFile] | pulumi.Output, *,
+         parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource] = ()) -> remote.Command:
+    """``script`` for bundles that carry secrets: the files come as one (secret) Output."""
+    path = f"{wl.SCRIPTS}/{name}.sh"
+    bundle = pulumi.Output.from_input(files).apply(lambda fs: [*fs, GuestFile(path, text, 0o700)])
+    return push(name, handle, bundle, check=f"bash {path}", parent=parent, depends_on=depends_on)
 
 
 class WorkloadsTier(pulumi.ComponentResource):
     def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
         super().__init__("phoenix:tier:Workloads", name, None, opts)
+        topo = ctx.topo
         self.exports: dict = {}
+        versions: dict[str, pulumi.Output] = ctx.facts.get(wl.DRIVER_FACT, {})
+        for g in wl.gpu_lxcs(topo):
+            self._gpu_guest(ctx, g, versions[g.node])
+        if topo.portainer:
+            self._portainer(ctx)
+        if versions:
+            self.exports["gpuDriverVersions"] = {node: v.apply(str.strip) for node, v in versions.items()}
         self.register_outputs({})
+
+    def _gpu_guest(self, ctx: Context, g: Guest, version: pulumi.Output) -> None:
+        topo, handle = ctx.topo, ctx.handle(g.name)
+        driver = script("gpu-driver", handle, version.apply(lambda v: wl.gpu_driver_script(topo, g, v)),
+                        parent=self)
+        previous_cert: list[pulumi.Resource] = []
+        for s in wl.gpu_services_on(topo, g):
+            # The service's user first: its certificate's key is installed readable by its group.
+            user = push(f"svc-{s.name}-user", handle, [wl.gpu_service_user_file(s)],
+                        check=f"systemd-sysusers {wl.sysusers_path(s)}", parent=self)
+            cert = []
+            if wl.needs_certificate(s):
+                # One certificate at a time per guest: each HTTP-01 answer binds port 80.
+                cert.append(service_certificate(
+                    ctx, handle, s.name, wl.certificate_names(topo, s, g), group=wl.service_user(s),
+                    reload=f"systemctl try-restart {wl.unit_name(s)}", parent=self,
+                    depends_on=[user, *previous_cert]))
+                previous_cert = cert
+            push(
+                f"svc-{s.name}", handle, wl.gpu_service_files(topo, s, g), **wl.gpu_service_hooks(s),
+                parent=self, depends_on=[driver, user, *cert])
+
+    def _portainer(self, ctx: Context) -> None:
+        topo, secrets = ctx.topo, ctx.secrets
+        p = topo.portainer
+        handle = ctx.handle(p.name)
+        cert = service_certificate(ctx, handle, wl.portainer_tls_name(topo), wl.portainer_certificate_names(topo),
+                                   group="root", reload=f"docker restart {wl.PORTAINER_CONTAINER}", parent=self)
+        server_files = pulumi.Output.secret(pulumi.Output.all(secrets.portainer_admin_password,
+                                                              secrets.agent_secret).apply(
+            lambda s: wl.portainer_server_files(topo, s[0], s[1])))
+        server = _run("portainer-server", handle, wl.portainer_server_script(topo), server_files,
+                      parent=self, depends_on=[cert])
+        environments = {}
+        for a in topo.agents:
+            agent_handle = ctx.handle(a.name)
+            files = pulumi.Output.secret(secrets.agent_secret.apply(lambda s, a=a: wl.agent_files(topo, a, s)))
+            agent = _run("portainer-agent", agent_handle, wl.agent_script(topo, a), files, parent=self)
+            path = f"{wl.SCRIPTS}/register-{a.name}.sh"
+            script(f"register-{a.name}", handle, wl.registration_script(topo, a), parent=self,
+                   depends_on=[server, agent], delete=f"[ ! -f {path} ] || bash {path} delete")
+            environments[a.name] = wl.agent_url(topo, a)
+        self.exports["portainerEnvironments"] = environments

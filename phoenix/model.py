@@ -124,6 +124,9 @@ class Guest(Strict):
     image: str
     #: indices of /dev/nvidiaN passed into a GPU LXC.
     gpus: list[Annotated[int, Field(ge=0, le=63)]] = Field(default_factory=list)
+    #: indices of /dev/nvidia-caps/nvidia-capN passed too (MIG: 1 is config, 2 monitor). Only
+    #: what the node has: a missing device node stops the container from starting.
+    gpu_caps: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=list)
     #: name of a Proxmox PCI mapping to pass a whole GPU into a VM.
     gpu_mapping: Optional[Label] = None
     #: ``vendor:device`` PCI address on the node, for the mapping.
@@ -137,11 +140,38 @@ class Guest(Strict):
         return "lxc" if self.role in LXC_ROLES else "vm"
 
 
+#: what ``run.command`` may name: the catalog's model and port, the service's certificate and key.
+RUN_PLACEHOLDERS = ("model", "port", "cert", "key")
+
+
 class Run(Strict):
     """How a GPU service runs: a systemd unit in its LXC."""
     command: str
     model: Optional[str] = None
     environment: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _command(self) -> "Run":
+        import shlex
+        import string
+        try:
+            shlex.split(self.command)   # the unit runs it word by word
+        except ValueError as err:
+            raise ValueError(f"command {self.command!r} does not split into words: {err}")
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(self.command) if f is not None}
+        except ValueError as err:
+            raise ValueError(f"command {self.command!r}: {err} (write a literal brace as {{{{ or }}}})")
+        unknown = sorted(names - set(RUN_PLACEHOLDERS))
+        if unknown:
+            raise ValueError(f"command has unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)} "
+                             f"(known: {', '.join('{' + n + '}' for n in RUN_PLACEHOLDERS)})")
+        if "model" in names and not self.model:
+            raise ValueError("command uses {model} but run.model is not set")
+        bad = [k for k in self.environment if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
+        if bad:
+            raise ValueError(f"environment variable name(s) {', '.join(map(repr, bad))} are not valid")
+        return self
 
 
 class Service(Strict):
@@ -174,17 +204,36 @@ class Pki(Strict):
     acme_provisioner: Label = "acme"
     jwk_provisioner: Label = "admin"
     step_ca_version: str = "0.28.1"
+    #: sha256 of smallstep's step-ca .deb for that version (the release's checksums.txt); the
+    #: install step refuses to install step-ca without it. Never guessed by Phoenix.
+    step_ca_sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
+    step_cli_version: str = "0.28.2"
+    step_cli_sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
+    #: where the guest fetches the .debs (default: the GitHub release asset for the version).
+    step_ca_deb_url: Optional[Annotated[str, Field(pattern=r"^https://\S+\.deb$")]] = None
+    step_cli_deb_url: Optional[Annotated[str, Field(pattern=r"^https://\S+\.deb$")]] = None
+    #: DNS domains Step-CA may issue for (its authority policy, the name constraint pulumi-tls
+    #: cannot put in the intermediate). Default: the internal domain only.
+    allowed_domains: Optional[list[Domain]] = None
 
     @model_validator(mode="after")
     def _lifetimes(self) -> "Pki":
+        found = []
         if self.max_leaf_lifetime_hours < self.leaf_lifetime_hours:
-            raise ValueError("maxLeafLifetimeHours is shorter than leafLifetimeHours")
-        if self.intermediate_lifetime_hours <= self.max_leaf_lifetime_hours:
-            raise ValueError("intermediateLifetimeHours must be longer than maxLeafLifetimeHours")
+            found.append(f"maxLeafLifetimeHours ({self.max_leaf_lifetime_hours}) is shorter than "
+                         f"leafLifetimeHours ({self.leaf_lifetime_hours})")
+        if self.intermediate_lifetime_hours <= max(self.max_leaf_lifetime_hours, self.leaf_lifetime_hours):
+            found.append(f"intermediateLifetimeHours ({self.intermediate_lifetime_hours}) must be longer than "
+                         f"a leaf's ({max(self.max_leaf_lifetime_hours, self.leaf_lifetime_hours)}): "
+                         "a leaf would outlive its issuer")
         if self.root_lifetime_hours <= self.intermediate_lifetime_hours:
-            raise ValueError("rootLifetimeHours must be longer than intermediateLifetimeHours")
+            found.append(f"rootLifetimeHours ({self.root_lifetime_hours}) must be longer than "
+                         f"intermediateLifetimeHours ({self.intermediate_lifetime_hours})")
         if self.acme_provisioner == self.jwk_provisioner:
-            raise ValueError(f"provisioner name {self.acme_provisioner!r} is used twice")
+            found.append(f"provisioner name {self.acme_provisioner!r} is used by both acmeProvisioner "
+                         "and jwkProvisioner")
+        if found:
+            raise ValueError("; ".join(found))
         return self
 
 
@@ -212,6 +261,8 @@ class Gateway(Strict):
 class Dns(Strict):
     rrl_responses_per_second: Annotated[int, Field(ge=1)] = 10
     ttl: Annotated[int, Field(ge=30)] = 300
+    #: label of the public zone's name server (``ns`` -> ns.<public domain>), the NS of both views.
+    nameserver: Label = "ns"
 
 
 class Portainer(Strict):
@@ -219,6 +270,23 @@ class Portainer(Strict):
     agent_version: str = "2.21.4"
     admin_user: Label = "admin"
     agent_port: Port = 9001
+
+
+class Gpu(Strict):
+    """The NVIDIA user-space driver GPU LXCs install at the node's own driver version."""
+    #: where ``<version>/NVIDIA-Linux-x86_64-<version>.run`` is fetched (a mirror for closed labs).
+    driver_base_url: Annotated[str, Field(pattern=r"^https://\S+[^/]$")] = \
+        "https://us.download.nvidia.com/XFree86/Linux-x86_64"
+    #: sha256 of the .run per driver version; when the node's version is listed, the download must match.
+    driver_sha256: dict[Annotated[str, Field(pattern=r"^\d+(\.\d+)+$")],
+                        Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = Field(default_factory=dict)
+
+
+class Firewall(Strict):
+    """Per-guest Proxmox firewalls (the flow matrix); they act only with the datacenter firewall on."""
+    #: let Phoenix turn the datacenter firewall on (host policies left at ACCEPT, so the nodes are
+    #: reached as before). Set false where the operator runs the datacenter firewall by hand.
+    manage_cluster: bool = True
 
 
 class Lab(Strict):
@@ -236,6 +304,8 @@ class Lab(Strict):
     gateway: Gateway = Gateway()
     dns: Dns = Dns()
     portainer: Portainer = Portainer()
+    gpu: Gpu = Gpu()
+    firewall: Firewall = Firewall()
 
     # -- lookups used everywhere -------------------------------------------------------
     def guest(self, name: str) -> Guest:
@@ -333,6 +403,18 @@ def cross_checks(lab: Lab) -> list[str]:
             out.append(problem(f"{at}.gpuMapping", "a PCI mapping is for VMs; give an LXC gpus instead"))
         if g.gpu_mapping and not (g.gpu_pci_path and g.gpu_pci_id):
             out.append(problem(f"{at}.gpuMapping", "needs gpuPciPath and gpuPciId"))
+        if g.gpu_caps and not g.gpus:
+            out.append(problem(f"{at}.gpuCaps", "capability devices come with GPUs; give the guest gpus too"))
+    if not lab.network.management and not lab.proxmox.ssh_via_node:
+        out.append(problem("phoenix:network.management", "is empty, but guests are reached by SSH directly "
+                           "(proxmox.sshViaNode: false): the guest firewalls allow SSH only from management "
+                           "networks, so list the network the deploy runs from"))
+    for i, s in enumerate(lab.services):
+        for j, gname in enumerate(s.guests):
+            guest = next((g for g in lab.guests if g.name == gname), None)
+            if s.run and guest is not None and not (guest.kind == "lxc" and guest.gpus):
+                out.append(problem(f"phoenix:services[{i}].guests[{j}]", f"{gname!r} is not a GPU LXC (gpus): "
+                                   "run installs a systemd unit and the NVIDIA driver there"))
     for role in SINGLETON_ROLES:
         count = len(lab.role(role))
         if count != 1:
@@ -345,6 +427,37 @@ def cross_checks(lab: Lab) -> list[str]:
         if [n.name for n in lab.proxmox.nodes].count(node.name) > 1:
             out.append(problem(f"phoenix:proxmox.nodes[{i}].name", f"node {node.name!r} is listed twice"))
     out += _service_checks(lab, seen_names)
+    out += _dns_checks(lab)
+    out += _pki_checks(lab)
+    return out
+
+
+def _pki_checks(lab: Lab) -> list[str]:
+    """Step-CA's policy must let it issue for the internal domain (and its own names)."""
+    from .pki import domain_permitted  # the policy's matching rule lives with the policy
+    allowed = lab.pki.allowed_domains
+    if allowed is None:
+        return []
+    internal = lab.domains.internal
+    if not any(domain_permitted(f"x.{internal}", d) for d in allowed):
+        return [problem("phoenix:pki.allowedDomains",
+                        f"{', '.join(allowed) or '(empty)'} excludes the internal domain {internal}: "
+                        "Step-CA could not issue any internal certificate")]
+    return []
+
+
+def _dns_checks(lab: Lab) -> list[str]:
+    """Two zones per view must not overlap, and the name server's name is taken by nothing else."""
+    out: list[str] = []
+    pub, internal = lab.domains.public, lab.domains.internal
+    if pub == internal or pub.endswith("." + internal) or internal.endswith("." + pub):
+        out.append(problem("phoenix:domains.internal", f"{internal} and the public domain {pub} must not "
+                           "be the same or inside one another (each view serves them as separate zones)"))
+    ns = f"{lab.dns.nameserver}.{pub}"
+    for i, s in enumerate(lab.services):
+        if s.public_host == ns:
+            out.append(problem(f"phoenix:services[{i}].publicHost", f"{ns} is the public zone's name server "
+                               "(phoenix:dns.nameserver); pick another host name"))
     return out
 
 

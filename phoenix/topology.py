@@ -47,7 +47,9 @@ class Route:
 
 @dataclass(frozen=True)
 class Flow:
-    """One allowed flow: ``source`` is a guest name, ``any``, ``guests`` or ``management``."""
+    """One allowed flow: ``source`` is a guest name, ``any``, ``guests`` or ``management``;
+    ``target`` is a guest name, or ``any`` for traffic leaving the lab (an outbound rule on
+    each source guest, see ``phoenix.render.firewall``)."""
     source: str
     target: str
     port: int
@@ -76,6 +78,15 @@ class TlsPaths:
 
 def tls_paths(name: str) -> TlsPaths:
     return TlsPaths(f"{TLS_DIR}/{name}.crt", f"{TLS_DIR}/{name}.key", f"{TLS_DIR}/phoenix-root.crt")
+
+
+def gpu_device_paths(guest: Guest) -> list[str]:
+    """Device nodes a GPU LXC gets, by path only: the nvidia-uvm major is dynamic (trap 17)."""
+    if not guest.gpus:
+        return []
+    return ([f"/dev/nvidia{i}" for i in guest.gpus]
+            + ["/dev/nvidiactl", "/dev/nvidia-uvm", "/dev/nvidia-uvm-tools"]
+            + [f"/dev/nvidia-caps/nvidia-cap{i}" for i in guest.gpu_caps])
 
 
 @dataclass
@@ -153,6 +164,8 @@ class Topology:
 
     #: TSIG key that may update only _acme-challenge names in the public zone (DNS-01).
     acme_tsig_key_name: str = "phoenix-acme"
+    #: its algorithm, as BIND writes it (certbot's rfc2136 plugin wants it upper case).
+    acme_tsig_algorithm: str = "hmac-sha256"
 
     @property
     def internal_networks(self) -> list[str]:
@@ -174,6 +187,10 @@ class Topology:
 
     def service_fqdn(self, service: Service) -> str:
         return self.fqdn(service.name)
+
+    def backend_tls_name(self, service: Service) -> str:
+        """The name the mesh verifies on a TLS backend's certificate: every replica's carries it."""
+        return self.service_fqdn(service)
 
     @cached_property
     def routes(self) -> list[Route]:
@@ -243,6 +260,8 @@ class Topology:
               Flow("any", gw, 443, "tcp", "https: public entry")]
         f.append(Flow(gw, mesh, self.entrypoints["gateway"].port, "tcp", "gateway to mesh (mTLS)"))
         f.append(Flow("guests", mesh, self.entrypoints["internal"].port, "tcp", "service to service through the mesh"))
+        f.append(Flow("management", mesh, lab.mesh.dashboard_port, "tcp", "Traefik dashboard (basic auth)"))
+        f.append(Flow("management", mesh, lab.mesh.metrics_port, "tcp", "Traefik metrics and ping"))
         f.append(Flow("guests", ca, lab.pki.ca_port, "tcp", "certificates from Step-CA"))
         for proto in ("udp", "tcp"):
             f.append(Flow("any", dns, 53, proto, "DNS: internal and external views"))
@@ -258,7 +277,25 @@ class Topology:
                 f.append(Flow(self.portainer.name, a.name, lab.portainer.agent_port, "tcp", "Portainer to agent"))
         for g in lab.guests:
             f.append(Flow("management", g.name, 22, "tcp", "SSH from the management network"))
+        # Outbound (target "any": leaves the guest for anywhere): every guest resolves and keeps
+        # time; the DNS guest recurses to the upstream resolvers (trap 7: never block these).
+        f += [Flow("guests", "any", 53, "udp", "outbound DNS"), Flow("guests", "any", 53, "tcp", "outbound DNS"),
+              Flow("guests", "any", 123, "udp", "outbound NTP")]
         return f
+
+    @property
+    def management_sources(self) -> list[str]:
+        """Where SSH and operator traffic come from: the management networks and, when guests
+        are reached through the node, each node's address (the deploy's jump host) and the
+        guest network's gateway (a node routing a private bridge speaks from that address)."""
+        nets = list(self.lab.network.management)
+        out = [str(n) for n in nets]
+        if self.lab.proxmox.ssh_via_node:
+            hosts = [n.address for n in self.lab.proxmox.nodes] + [self.lab.network.gateway]
+            for addr in dict.fromkeys(hosts):
+                if not any(addr in n for n in nets):
+                    out.append(f"{addr}/32")
+        return out
 
     @property
     def acme_clients(self) -> list[Guest]:

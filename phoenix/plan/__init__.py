@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import secrets as _secrets
+import hashlib
 from pathlib import Path
 from typing import Optional
 
@@ -32,7 +32,8 @@ def with_placeholder_secrets(stack: StackConfig) -> tuple[StackConfig, list[str]
             if full not in values:
                 warnings.append(f"{full} is not set: planned with a placeholder; set it with "
                                 f"`pulumi config set --secret {full} ...` before `pulumi up`")
-            values[full] = "plan-placeholder-" + _secrets.token_hex(12)
+            # Derived, not random: two plans of one config must be byte-identical.
+            values[full] = "plan-placeholder-" + hashlib.sha256(f"{stack.name}:{full}".encode()).hexdigest()[:24]
             secret_keys.add(full)
     return StackConfig(stack.name, values, secret_keys, stack.root), warnings
 

@@ -1,0 +1,275 @@
+"""Workload files: GPU service units and driver installs, the Portainer server, agents and
+their registration. Pure: topology (and secret values, for the files that carry them) in,
+``GuestFile`` lists and script text out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from typing import Optional
+
+import yaml
+
+from components.base import SCRIPTS
+from phoenix.bundle import GuestFile
+from phoenix.model import Guest, Service
+from phoenix.render import config_text, render
+from phoenix.topology import Topology, gpu_device_paths, tls_paths
+
+WAIT_DEVICES = f"{SCRIPTS}/wait-gpu-devices"
+#: how long a GPU service's start waits for its device nodes.
+DEVICE_WAIT_SECONDS = 60
+#: how long a deploy waits for a GPU service's health (fetching and loading a model is slow).
+GPU_START_TIMEOUT = 1800
+#: the fact the node probe reports (``# phoenix-fact:`` marker; the plan engine answers it).
+DRIVER_FACT = "gpu-driver-version"
+
+PORTAINER_DIR = "/etc/phoenix/portainer"
+PORTAINER_API_LIB = f"{SCRIPTS}/portainer-api.sh"
+PORTAINER_PASSWORD_FILE = f"{PORTAINER_DIR}/admin-password"
+AGENT_ENV_FILE = f"{PORTAINER_DIR}/agent-secret.env"
+#: the port Portainer CE serves HTTPS on inside its container (a fact of the image).
+PORTAINER_HTTPS_PORT = 9443
+PORTAINER_PROJECT, AGENT_PROJECT = "portainer", "portainer-agent"
+PORTAINER_CONTAINER, AGENT_CONTAINER = "portainer", "portainer_agent"
+
+
+def _q(value) -> str:
+    """A shell word, always quoted (so shellcheck never reads a value as a command)."""
+    return "'" + str(value).replace("'", "'\\''") + "'"
+
+
+# -- GPU services ----------------------------------------------------------------------------
+def gpu_lxcs(topo: Topology) -> list[Guest]:
+    """The LXCs with GPU devices passed through (the model allows gpus on LXCs only)."""
+    return [g for g in topo.lab.guests if g.gpus]
+
+
+def gpu_nodes(topo: Topology) -> list[str]:
+    return list(dict.fromkeys(g.node for g in gpu_lxcs(topo)))
+
+
+def gpu_probe_command(topo: Topology, node: str) -> str:
+    """The ``create`` of the node's probe: device nodes present, then the driver version on stdout."""
+    paths = list(dict.fromkeys(p for g in gpu_lxcs(topo) if g.node == node for p in gpu_device_paths(g)))
+    return render("workloads/gpu-node-probe.sh.j2", node=node, devices=" ".join(map(_q, paths)))
+
+
+def gpu_driver_script(topo: Topology, guest: Guest, version: str) -> str:
+    version = version.strip()
+    return render("workloads/gpu-driver.sh.j2", q=_q, guest=guest.name, node=guest.node, version=version,
+                  sha256=topo.lab.gpu.driver_sha256.get(version, ""), base_url=topo.lab.gpu.driver_base_url)
+
+
+def gpu_services_on(topo: Topology, guest: Guest) -> list[Service]:
+    return [s for s in topo.lab.services if s.gpu and s.run and guest.name in s.guests]
+
+
+def service_user(service: Service) -> str:
+    """The service's system user (user names stop at 32 characters; long names get a hash)."""
+    user = f"svc-{service.name}"
+    if len(user) > 32:
+        user = f"svc-{service.name[:19]}-{hashlib.sha256(service.name.encode()).hexdigest()[:8]}"
+    return user
+
+
+def unit_name(service: Service) -> str:
+    return f"phoenix-{service.name}.service"
+
+
+def systemd_quote(arg: str) -> str:
+    """One argument as systemd reads ExecStart=/Environment= (no specifiers, no $ expansion)."""
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg and not any(c in arg for c in " \t\n\"'\\;"):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def service_argv(service: Service) -> list[str]:
+    """The catalog's command split into words, each placeholder filled in."""
+    tls = tls_paths(service.name)
+    values = {"model": service.run.model or "", "port": service.port, "cert": tls.cert, "key": tls.key}
+    return [word.format(**values) for word in shlex.split(service.run.command)]
+
+
+def service_url(topo: Topology, service: Service) -> tuple[str, str]:
+    """(URL of the health path as the guest checks itself, curl's TLS options)."""
+    if service.protocol == "https":
+        name = topo.service_fqdn(service)
+        return (f"https://{name}:{service.port}{service.health}",
+                f"--resolve {_q(f'{name}:{service.port}:127.0.0.1')} --cacert {_q(tls_paths(service.name).root)}")
+    return f"http://127.0.0.1:{service.port}{service.health}", ""
+
+
+def gpu_service_files(topo: Topology, service: Service, guest: Guest) -> list[GuestFile]:
+    user, unit = service_user(service), unit_name(service)
+    url, curl_tls = service_url(topo, service)
+    env = [systemd_quote(f"{k}={v}") for k, v in sorted(service.run.environment.items())]
+    return [
+        GuestFile(f"/etc/systemd/system/{unit}", render(
+            "workloads/gpu-service.service.j2", service=service.name, guest=guest.name, port=service.port,
+            user=user, environment=env, wait_devices=WAIT_DEVICES, device_wait_seconds=DEVICE_WAIT_SECONDS,
+            devices=" ".join(gpu_device_paths(guest)),
+            exec_start=" ".join(systemd_quote(w) for w in service_argv(service)))),
+        GuestFile(WAIT_DEVICES, config_text("workloads/wait-gpu-devices.sh"), 0o755),
+        GuestFile(gpu_health_path(service), render(
+            "workloads/gpu-health.sh.j2", q=_q, service=service.name, guest=guest.name, unit=unit, url=url,
+            curl_tls=curl_tls, timeout=GPU_START_TIMEOUT), 0o755),
+    ]
+
+
+def sysusers_path(service: Service) -> str:
+    return f"/etc/sysusers.d/phoenix-{service.name}.conf"
+
+
+def gpu_service_user_file(service: Service) -> GuestFile:
+    """The service's system user (sysusers.d: declarative, safe to apply twice)."""
+    return GuestFile(sysusers_path(service), render("workloads/gpu-service.sysusers.j2", service=service.name,
+                                                     user=service_user(service)))
+
+
+def gpu_health_path(service: Service) -> str:
+    return f"{SCRIPTS}/health-{service.name}.sh"
+
+
+def gpu_service_hooks(service: Service) -> dict[str, str]:
+    """phoenix-apply's hooks for a service's files: check, reload, health."""
+    unit = unit_name(service)
+    return {
+        "check": f"systemd-analyze verify /etc/systemd/system/{unit}",
+        "reload": f"systemctl daemon-reload && systemctl enable --quiet {unit} && systemctl restart {unit}",
+        "health": f"bash {gpu_health_path(service)}",
+    }
+
+
+def needs_certificate(service: Service) -> bool:
+    """A replica speaking TLS (or naming {cert}/{key}) gets its own certificate from Step-CA."""
+    return service.protocol == "https" or any(f"{{{p}}}" in service.run.command for p in ("cert", "key"))
+
+
+def certificate_names(topo: Topology, service: Service, guest: Guest) -> list[str]:
+    """What a replica's certificate carries: the names the mesh and clients use, and its address."""
+    names = [topo.service_fqdn(service)] + [topo.fqdn(a) for a in service.aliases]
+    return names + [topo.guest_fqdn(guest), str(guest.address)]
+
+
+# -- Portainer ---------------------------------------------------------------------------------
+def portainer_ui(topo: Topology) -> Optional[Service]:
+    """The catalog entry that serves Portainer's UI: the service on the Portainer guest."""
+    p = topo.portainer
+    return next((s for s in topo.lab.services if p and p.name in s.guests), None) if p else None
+
+
+def portainer_tls_name(topo: Topology) -> str:
+    ui = portainer_ui(topo)
+    return ui.name if ui else topo.portainer.name
+
+
+def portainer_certificate_names(topo: Topology) -> list[str]:
+    ui = portainer_ui(topo)
+    p = topo.portainer
+    return certificate_names(topo, ui, p) if ui else [topo.guest_fqdn(p), str(p.address)]
+
+
+def portainer_api_url(topo: Topology) -> tuple[str, str]:
+    """(Portainer's API base as the Portainer guest reaches itself, curl's --resolve for it)."""
+    ui = portainer_ui(topo)
+    name = topo.service_fqdn(ui) if ui else topo.guest_fqdn(topo.portainer)
+    port = ui.port if ui else PORTAINER_HTTPS_PORT
+    return f"https://{name}:{port}", f"{name}:{port}:127.0.0.1"
+
+
+def _yaml(header: str, doc: dict) -> str:
+    return "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(doc, sort_keys=False)
+
+
+def portainer_compose(topo: Topology) -> str:
+    lab, ui = topo.lab, portainer_ui(topo)
+    tls = tls_paths(portainer_tls_name(topo))
+    certs = "/certs"
+    port = ui.port if ui else PORTAINER_HTTPS_PORT
+    service = {
+        "image": f"portainer/portainer-ce:{lab.portainer.version}",
+        "container_name": PORTAINER_CONTAINER,
+        "restart": "always",
+        "init": True,   # reaps zombies (trap 18)
+        "command": ["--http-disabled",
+                    "--admin-password-file", "/run/phoenix/admin-password",
+                    "--sslcert", f"{certs}/{tls.cert.rsplit('/', 1)[1]}",
+                    "--sslkey", f"{certs}/{tls.key.rsplit('/', 1)[1]}"],
+        "env_file": [AGENT_ENV_FILE],
+        "ports": [f"{port}:{PORTAINER_HTTPS_PORT}"],
+        "volumes": ["portainer_data:/data",
+                    f"{PORTAINER_PASSWORD_FILE}:/run/phoenix/admin-password:ro",
+                    f"{tls.cert.rsplit('/', 1)[0]}:{certs}:ro"],
+    }
+    return _yaml(f"Portainer CE on {topo.portainer.name}, generated by Phoenix.\n"
+                 "AGENT_SECRET comes from a root-only env file; the admin password from a root-only file.",
+                 {"services": {"portainer": service}, "volumes": {"portainer_data": {}}})
+
+
+def agent_compose(topo: Topology, agent: Guest) -> str:
+    port = topo.lab.portainer.agent_port
+    service = {
+        "image": f"portainer/agent:{topo.lab.portainer.agent_version}",
+        "container_name": AGENT_CONTAINER,
+        "restart": "always",
+        "init": True,
+        "env_file": [AGENT_ENV_FILE],
+        "environment": {"AGENT_PORT": str(port)},
+        "ports": [f"{port}:{port}"],
+        "volumes": ["/var/run/docker.sock:/var/run/docker.sock",
+                    "/var/lib/docker/volumes:/var/lib/docker/volumes",
+                    "/:/host"],
+    }
+    return _yaml(f"Portainer agent on {agent.name}, generated by Phoenix.\n"
+                 "AGENT_SECRET comes from a root-only env file shared with the Portainer server.",
+                 {"services": {"agent": service}})
+
+
+def agent_secret_env(agent_secret: str) -> GuestFile:
+    return GuestFile(AGENT_ENV_FILE, f"AGENT_SECRET={agent_secret}\n", 0o600)
+
+
+def portainer_server_files(topo: Topology, admin_password: str, agent_secret: str) -> list[GuestFile]:
+    lab = topo.lab
+    url, resolve = portainer_api_url(topo)
+    compose_file = f"{PORTAINER_DIR}/compose.yaml"
+    return [
+        GuestFile(compose_file, portainer_compose(topo)),
+        GuestFile(PORTAINER_PASSWORD_FILE, admin_password, 0o600),
+        agent_secret_env(agent_secret),
+        GuestFile(PORTAINER_API_LIB, render(
+            "workloads/portainer-api.sh.j2", q=_q, url=url, resolve=resolve,
+            root_ca=tls_paths(portainer_tls_name(topo)).root, admin_user=lab.portainer.admin_user,
+            password_file=PORTAINER_PASSWORD_FILE), 0o700),
+    ]
+
+
+def portainer_server_script(topo: Topology) -> str:
+    return render("workloads/portainer-server.sh.j2", q=_q, version=topo.lab.portainer.version,
+                  guest=topo.portainer.name, api_lib=PORTAINER_API_LIB,
+                  compose_file=f"{PORTAINER_DIR}/compose.yaml", project=PORTAINER_PROJECT,
+                  current_password="/var/lib/phoenix/portainer/admin-password.current")
+
+
+def agent_files(topo: Topology, agent: Guest, agent_secret: str) -> list[GuestFile]:
+    return [GuestFile(f"{PORTAINER_DIR}/agent-compose.yaml", agent_compose(topo, agent)),
+            agent_secret_env(agent_secret)]
+
+
+def agent_script(topo: Topology, agent: Guest) -> str:
+    return render("workloads/portainer-agent.sh.j2", q=_q, version=topo.lab.portainer.agent_version,
+                  guest=agent.name, port=topo.lab.portainer.agent_port, project=AGENT_PROJECT,
+                  compose_file=f"{PORTAINER_DIR}/agent-compose.yaml", container=AGENT_CONTAINER)
+
+
+def agent_url(topo: Topology, agent: Guest) -> str:
+    """The environment URL: tcp:// (the agent always serves TLS itself, trap 14)."""
+    return f"tcp://{agent.address}:{topo.lab.portainer.agent_port}"
+
+
+def registration_script(topo: Topology, agent: Guest) -> str:
+    return render("workloads/portainer-register.sh.j2", q=_q, agent=agent.name, url=agent_url(topo, agent),
+                  api_lib=PORTAINER_API_LIB)
