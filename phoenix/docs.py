@@ -1,0 +1,169 @@
+"""The config reference (docs/config-reference.md), generated from the model's JSON Schema.
+
+Types, bounds, patterns, enums and defaults come from ``phoenix.model.json_schema()``; the
+one-line notes come from the model's own ``#:`` comments and class docstrings, so the
+reference says nothing the model does not. ``phoenix docs`` rewrites the file and
+``phoenix docs --check`` (and a test) fail when it is stale.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import json
+import typing
+from pathlib import Path
+from typing import Any
+
+from phoenix import model
+
+REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "config-reference.md"
+_FORMATS = {"ipv4": "IPv4 address", "ipv4network": "IPv4 network (CIDR)"}
+
+
+def field_notes() -> dict[str, dict[str, str]]:
+    """class name -> field name (snake_case) -> the ``#:`` comment above it in model.py."""
+    tree = ast.parse(inspect.getsource(model))
+    lines = inspect.getsource(model).splitlines()
+    notes: dict[str, dict[str, str]] = {}
+    for node in tree.body:
+        if not isinstance(node, ast.ClassDef):
+            continue
+        found = notes.setdefault(node.name, {})
+        for stmt in node.body:
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                comment, i = [], stmt.lineno - 2
+                while i >= 0 and lines[i].strip().startswith("#:"):
+                    comment.insert(0, lines[i].strip()[2:].strip())
+                    i -= 1
+                if comment:
+                    found[stmt.target.id] = " ".join(comment)
+    return notes
+
+
+def _ref(node: dict) -> str | None:
+    ref = node.get("$ref")
+    return ref.rsplit("/", 1)[-1] if ref else None
+
+
+def type_text(node: dict) -> str:
+    """A JSON Schema node as a short human type: ``integer, 1..65535``, ``list of Guest``..."""
+    if "anyOf" in node:
+        kinds = [n for n in node["anyOf"] if n.get("type") != "null"]
+        text = " or ".join(type_text(n) for n in kinds)
+        return f"{text} (optional)" if len(kinds) < len(node["anyOf"]) else text
+    if _ref(node):
+        return f"[{_ref(node)}](#{_ref(node).lower()})"
+    if "enum" in node:
+        return "one of " + ", ".join(f"`{v}`" for v in node["enum"])
+    if "const" in node:
+        return f"`{node['const']}`"
+    kind = node.get("type", "any")
+    if kind == "array":
+        text = "list of " + type_text(node.get("items", {}))
+        if node.get("minItems"):
+            text += f" (at least {node['minItems']})"
+        return text
+    if kind == "object":
+        inner = node.get("additionalProperties")
+        return f"map of name to {type_text(inner)}" if isinstance(inner, dict) else "mapping"
+    text = _FORMATS.get(node.get("format", ""), kind)
+    lo, hi = node.get("minimum"), node.get("maximum")
+    if lo is not None or hi is not None:
+        text += f", {'' if lo is None else lo}..{'' if hi is None else hi}"
+    if "pattern" in node:
+        text += f", matching `{node['pattern']}`"
+    return text
+
+
+def _default(cls: type, name: str) -> str:
+    info = cls.model_fields[name]
+    if info.is_required():
+        return "required"
+    value = info.get_default(call_default_factory=True)
+    if isinstance(value, model.BaseModel):
+        return "see below"
+    value = json.loads(json.dumps(value, default=str))
+    if value is None:
+        return "none"
+    if value in ([], {}):
+        return "empty"
+    return f"`{json.dumps(value)}`"
+
+
+_VALIDATED = {"_hostname_label": "DNS label (a-z, 0-9, '-')", "_domain": "domain name"}
+
+
+def _validated_as(annotation: Any) -> str | None:
+    """What an ``AfterValidator`` in the annotation checks (the schema cannot say)."""
+    for meta in getattr(annotation, "__metadata__", ()) or ():
+        name = getattr(getattr(meta, "func", None), "__name__", "")
+        if name in _VALIDATED:
+            return _VALIDATED[name]
+    for arg in typing.get_args(annotation):
+        found = _validated_as(arg)
+        if found:
+            return found
+    return None
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _table(cls: type, schema: dict, notes: dict[str, str]) -> list[str]:
+    rows = ["| key | type | default | notes |", "|---|---|---|---|"]
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for name, info in cls.model_fields.items():
+        key = info.alias or name
+        kind = type_text(schema["properties"][key])
+        checked = _validated_as(hints.get(name)) or next(
+            (_VALIDATED.get(getattr(getattr(m, "func", None), "__name__", "")) for m in info.metadata
+             if getattr(getattr(m, "func", None), "__name__", "") in _VALIDATED), None)
+        if checked:
+            kind = kind.replace("string", checked, 1)
+        rows.append(f"| `{key}` | {_cell(kind)} | {_cell(_default(cls, name))} | {_cell(notes.get(name, ''))} |")
+    return rows
+
+
+def reference() -> str:
+    schema = model.json_schema()
+    notes = field_notes()
+    defs = schema.get("$defs", {})
+    out = ["# Configuration reference",
+           "",
+           "<!-- Generated by `phoenix docs` from phoenix.model.json_schema(); do not edit by hand. -->",
+           "",
+           "Every key lives in the `phoenix` namespace of `Pulumi.<stack>.yaml` (`phoenix:guests`, ...).",
+           "Keys are camelCase; unknown keys are refused with the key path named. Secrets are not",
+           "part of this model: set them with `pulumi config set --secret` (see deploying.md).",
+           "`phoenix:catalog` may name a YAML file holding the `services` list instead of",
+           "`phoenix:services`.",
+           "",
+           "## Top-level keys",
+           ""]
+    out += _table(model.Lab, schema, notes.get("Lab", {}))
+    for name in sorted(defs):
+        cls = getattr(model, name, None)
+        if cls is None or not isinstance(cls, type) or not issubclass(cls, model.BaseModel):
+            continue
+        out += ["", f"## {name}", ""]
+        doc = inspect.getdoc(cls)
+        if doc and cls.__doc__ is not None and "__doc__" in cls.__dict__:
+            out += [doc.splitlines()[0], ""]
+        out += _table(cls, defs[name], notes.get(name, {}))
+    return "\n".join(out) + "\n"
+
+
+def write(path: Path = REFERENCE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(reference())
+    return path
+
+
+def is_current(path: Path = REFERENCE) -> bool:
+    return path.exists() and path.read_text() == reference()
+
+
+def schema_json() -> str:
+    return json.dumps(model.json_schema(), indent=2, sort_keys=True) + "\n"
