@@ -34,7 +34,9 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not lab"
 
 bench: setup deps
-	bash scripts/in-netns.sh $(PY) bench/run.py
+	$(PY) bench/plan_bench.py
+	$(PY) bench/blast_radius.py --stacks dev,large
+	bash scripts/in-netns.sh $(PY) bench/gateway_throughput.py
 
 clean:
 	rm -rf build .pytest_cache

@@ -192,6 +192,15 @@ class Topology:
         """The name the mesh verifies on a TLS backend's certificate: every replica's carries it."""
         return self.service_fqdn(service)
 
+    def replica_tls_name(self, service: Service, guest: str) -> str:
+        """The name the mesh verifies on one replica's certificate, a name that replica can prove
+        by ACME HTTP-01: the service's own name when it runs once; the guest's name when it is
+        replicated (the shared service name resolves to every replica, so HTTP-01 for it could
+        be answered by another one)."""
+        if len(service.guests) > 1:
+            return self.guest_fqdn(self.lab.guest(guest))
+        return self.backend_tls_name(service)
+
     @cached_property
     def routes(self) -> list[Route]:
         out = []

@@ -1,0 +1,142 @@
+"""GatewayTier under the mock runtime (the offline plan): steps, order, secrets, one source of truth."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import yaml
+
+from components.gateway import STEP_INSTALL, STEP_NGINX, STEP_PLACEHOLDER, STEP_PUBLIC_CERT, STEPS
+from conftest import edited
+from phoenix.bundle import digest
+from phoenix.plan import make_plan
+from phoenix.plan.writer import COMMAND, bundle_of, pushed_files
+from phoenix.render import gateway as gw
+from phoenix.render.trust import CertRequest
+
+
+def step(plan, name):
+    return plan.run.named(f"{plan.topo.gateway.name}-{name}")
+
+
+def gateway_commands(plan):
+    guest = plan.topo.gateway
+    return [r for r in plan.run.by_type(COMMAND) if (r.value("connection") or {}).get("host") == str(guest.address)]
+
+
+def test_steps_run_on_the_gateway_guest_with_nginx_own_hooks(any_plan):
+    guest = any_plan.topo.gateway
+    [tier] = any_plan.run.by_type("phoenix:tier:Gateway")
+    for name in STEPS:
+        r = step(any_plan, name)
+        assert r.type == COMMAND and r.value("connection")["host"] == str(guest.address)
+        assert r.parent == tier.urn and r.value("create").startswith("/usr/local/sbin/phoenix-apply ")
+    create = step(any_plan, STEP_NGINX).value("create")
+    assert f"--check '{gw.NGINX_CHECK}'" in create and f"--reload '{gw.NGINX_RELOAD}'" in create
+    assert f"--health '{gw.health_command(any_plan.topo)}'" in create
+    files = {f.path for f in bundle_of(step(any_plan, STEP_NGINX))}
+    assert files == {gw.NGINX_CONF, gw.SITES_CONF, f"{gw.SNIPPETS}/phoenix-proxy-headers.conf",
+                     f"{gw.SNIPPETS}/phoenix-acme-challenge.conf", f"{gw.SNIPPETS}/phoenix-security-headers.conf"}
+
+
+def test_steps_wait_for_the_guest_and_for_each_other(any_plan):
+    guest = any_plan.topo.gateway.name
+    urn = lambda name: any_plan.run.urn_of(f"{guest}-{name}")
+    ready = [urn("bootstrap")] + ([urn("trust")] if f"{guest}-trust" in {r.name for r in any_plan.run.resources} else [])
+    for name in STEPS:
+        deps = step(any_plan, name).dependencies
+        assert all(u in deps for u in ready), (name, deps)
+    order = {STEP_PLACEHOLDER: STEP_INSTALL, STEP_NGINX: STEP_PLACEHOLDER, STEP_PUBLIC_CERT: STEP_NGINX}
+    for later, earlier in order.items():
+        assert urn(earlier) in step(any_plan, later).dependencies
+    # the client certificate from Step-CA: through nginx's webroot, so after the nginx step
+    client = step(any_plan, f"cert-{gw.CLIENT_CERT_NAME}")
+    assert urn(STEP_NGINX) in client.dependencies
+
+
+def test_client_certificate_comes_from_the_trust_tier_through_the_webroot(any_plan):
+    """The one call to internal_certificate: the name nginx reads, its check and reload, the webroot."""
+    files = {f.path: f for f in bundle_of(step(any_plan, f"cert-{gw.CLIENT_CERT_NAME}"))}
+    obtain = next(f.content for p, f in files.items() if p.endswith(f"cert-{gw.CLIENT_CERT_NAME}.sh"))
+    assert f"--webroot -w {gw.ACME_WEBROOT}" in obtain
+    for name in gw.client_certificate_names(any_plan.topo):
+        assert f"-d {name}" in obtain
+    hook = files[CertRequest(name=gw.CLIENT_CERT_NAME, sans=()).hook_path].content
+    assert gw.CLIENT_TLS.cert in hook and gw.CLIENT_TLS.key in hook
+    assert gw.NGINX_CHECK in hook and gw.NGINX_RELOAD in hook
+
+
+def test_dns01_secret_only_in_the_root_only_file_on_stdin(cluster_plan):
+    plan = cluster_plan
+    tsig = plan.run.named("tsig-key").outputs["base64"]
+    cert = step(plan, STEP_PUBLIC_CERT)
+    assert "stdin" in cert.secret_paths()                    # the bundle is a secret input
+    for r in gateway_commands(plan):                         # never on a command line
+        assert tsig not in (r.value("create") or "") and tsig not in json.dumps(r.value("triggers") or [])
+    creds = pushed_files(plan.run, plan.topo)[plan.topo.gateway.name][gw.RFC2136_CREDENTIALS][0]
+    assert f"dns_rfc2136_secret = {tsig}" in creds.content
+    assert (creds.mode, creds.owner) == (0o600, "root")
+    assert tsig not in json.dumps(plan.document())           # the written plan shows it redacted
+    for name in (STEP_INSTALL, STEP_PLACEHOLDER, STEP_NGINX):   # no other gateway bundle carries it
+        assert all(tsig not in f.content for f in bundle_of(step(plan, name)))
+
+
+def test_http01_stack_has_no_credentials_and_no_secret_bundle(dev_plan):
+    cert = step(dev_plan, STEP_PUBLIC_CERT)
+    assert "stdin" not in cert.secret_paths()
+    assert gw.RFC2136_CREDENTIALS not in {f.path for f in bundle_of(cert)}
+
+
+def test_upstream_port_is_the_mesh_gateway_entrypoint(any_plan):
+    topo = any_plan.topo
+    conf = pushed_files(any_plan.run, topo)[topo.gateway.name][gw.SITES_CONF][0].content
+    ep = topo.entrypoints["gateway"]
+    assert re.findall(r"^\s*server (\S+);", conf, re.M) == [f"{topo.mesh.address}:{ep.port}"]
+    assert {(s.upstream_port, s.entrypoint) for s in gw.server_blocks(topo)} == {(ep.port, ep.name)}
+    # and the mesh tier's own static config listens there, when it is in the plan
+    static = [yaml.safe_load(f.content) for f, _ in pushed_files(any_plan.run, topo)[topo.mesh.name].values()
+              if f.path.endswith((".yaml", ".yml")) and "entryPoints:" in f.content]
+    for doc in static:
+        if isinstance(doc, dict) and "entryPoints" in doc:
+            assert doc["entryPoints"][ep.name]["address"].endswith(f":{ep.port}")
+
+
+@pytest.fixture(scope="module")
+def moved_plan():
+    """dev with the mesh's gateway port moved and one service's timeout changed."""
+    def edit(raw):
+        raw.setdefault("mesh", {})["gatewayPort"] = 9555
+        raw["services"][0]["timeout"] = 1234
+    return make_plan(edited("dev", edit))
+
+
+def test_a_catalog_change_touches_only_the_nginx_step(dev_plan, moved_plan):
+    conf = pushed_files(moved_plan.run, moved_plan.topo)["gateway"][gw.SITES_CONF][0].content
+    assert f"server {moved_plan.topo.mesh.address}:9555;" in conf and "proxy_read_timeout 1234s;" in conf
+    for name in STEPS:
+        before, after = bundle_of(step(dev_plan, name)), bundle_of(step(moved_plan, name))
+        assert (digest(before) != digest(after)) == (name == STEP_NGINX), name
+
+
+def test_exports_name_the_certificate(any_plan):
+    out = any_plan.run.outputs["gatewayCertificate"]
+    assert out["name"] == gw.CERT_NAME and out["names"] == gw.certificate_names(any_plan.topo)
+    assert out["acmeDirectory"] == any_plan.topo.public_acme_directory
+
+
+def test_dns01_credentials_match_the_key_our_dns_accepts(cluster_plan):
+    """The TSIG key the gateway signs updates with is the one BIND on the DNS guest holds."""
+    topo = cluster_plan.topo
+    files = pushed_files(cluster_plan.run, topo)
+    creds = dict(line.split(" = ") for line in files[topo.gateway.name][gw.RFC2136_CREDENTIALS][0].content.splitlines()
+                 if " = " in line)
+    assert creds["dns_rfc2136_server"] == str(topo.dns.address)
+    keys = [f.content for p, (f, _) in files[topo.dns.name].items() if p.endswith(f"/{topo.acme_tsig_key_name}.key")]
+    if not keys:
+        pytest.skip("the DNS tier pushes no TSIG key file in this plan")
+    key = keys[0]
+    assert f'key "{creds["dns_rfc2136_name"]}"' in key
+    assert re.search(rf"algorithm {creds['dns_rfc2136_algorithm']};", key, re.I)
+    assert f'secret "{creds["dns_rfc2136_secret"]}";' in key
