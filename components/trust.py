@@ -43,7 +43,13 @@ class TrustTier(pulumi.ComponentResource):
                         health=r.TRUST_HEALTH_CMD, parent=self)
             handle.ready.append(step)
             self.trust[g.name] = step
+        ctx.facts["trust"] = self
 
+    def deploy_ca(self, ctx: Context) -> None:
+        """Step-CA and the ACME clients: called once names resolve (the CA's install downloads
+        its packages, and Step-CA resolves the names it validates through the internal view)."""
+        lab, topo = ctx.lab, ctx.topo
+        pki = ctx.facts["pki"]
         # 2. Step-CA on its guest.
         ca = ctx.guests[topo.ca.name]
         self.provisioner_key = tls.PrivateKey(
@@ -78,7 +84,6 @@ class TrustTier(pulumi.ComponentResource):
             self.acme_clients[g.name] = script("acme-client", ctx.guests[g.name], r.acme_client_script(),
                                                extra_files=r.acme_client_files(topo), parent=self)
 
-        ctx.facts["trust"] = self
         ctx.facts["ca_health"] = self.health
         self.exports = {"caHealthUrl": f"{topo.ca_url}/health", "acmeDirectory": topo.acme_directory}
         self.register_outputs({"ca_health_url": self.exports["caHealthUrl"],
@@ -121,8 +126,9 @@ def certificate_problems(ctx: Context, guest: str, name: str, sans: Sequence[str
         out.append(problem(at, f"the firewall matrix does not let the CA reach {guest}:80 for HTTP-01 "
                            "(add the guest to topology.acme_clients)"))
     trust = ctx.facts.get("trust")
-    if trust is None:
-        out.append(problem(at, "the trust tier must run before any tier asks for a certificate"))
+    if trust is None or not hasattr(trust, "acme_clients"):
+        out.append(problem(at, "the trust tier and Step-CA (TrustTier.deploy_ca) must come before any "
+                           "tier asks for a certificate"))
     elif guest not in trust.acme_clients:
         out.append(problem(at, f"{guest} is not an ACME client in the topology (no certbot installed there)"))
     return out

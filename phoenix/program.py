@@ -141,8 +141,15 @@ def main() -> None:
     ctx = Context(lab, topo, provider(cfg, lab), secrets)
     pki = PkiTier("pki", ctx)
     guests = GuestsTier("guests", ctx)
-    trust = TrustTier("trust", ctx)
+    trust = TrustTier("trust", ctx)     # the root in every guest: needs nothing but the guest
+    # Names next: every later step on any guest (package installs, ACME) resolves through the
+    # internal view, so it waits for the DNS tier (trap 4: no name before its server is up).
     dns = DnsTier("dns", ctx)
+    for handle in ctx.guests.values():
+        if handle.guest.role != "dns":
+            handle.ready = [*handle.ready, *dns.ready]
+    ctx.facts["dns_ready"] = dns.config
+    trust.deploy_ca(ctx)
     mesh = MeshTier("mesh", ctx)
     gateway = GatewayTier("gateway", ctx)
     workloads = WorkloadsTier("workloads", ctx)

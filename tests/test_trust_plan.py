@@ -192,7 +192,7 @@ def _run_with(body):
         from phoenix.program import generated_secret, load, provider
         cfg = pulumi.Config("phoenix")
         lab, topo = load(cfg)
-        secrets = Secrets(ca_password=generated_secret("ca-pw", 48), provisioner_password=generated_secret("p-pw", 48))
+        secrets = Secrets(provisioner_password=generated_secret("p-pw", 48))
         ctx = Context(lab, topo, provider(cfg, lab), secrets)
         PkiTier("pki", ctx)
         GuestsTier("guests", ctx)
@@ -220,6 +220,7 @@ def test_internal_certificate_refuses_what_step_ca_could_not_issue():
 
     def body(ctx):
         trust = TrustTier("trust", ctx)
+        trust.deploy_ca(ctx)
         internal_certificate(ctx, ctx.guests["mesh"], name="bad", owner="root", group="root", reload="", parent=trust,
                              sans=["10.20.0.12", "mesh.example.org", "nowhere.lab.internal"])
     problems = _run_with(body)
@@ -234,6 +235,7 @@ def test_internal_certificate_refuses_a_guest_step_ca_cannot_reach_on_port_80():
 
     def body(ctx):
         trust = TrustTier("trust", ctx)
+        trust.deploy_ca(ctx)
         internal_certificate(ctx, ctx.guests["dns"], name="dns", sans=["dns.lab.internal"], owner="root",
                              group="bind", reload="", parent=trust)
     problems = _run_with(body)

@@ -46,12 +46,12 @@ def trust_program(reload: str = "true", check: str = ""):
         from phoenix.program import generated_secret, load, provider
         cfg = pulumi.Config("phoenix")
         lab, topo = load(cfg)
-        secrets = Secrets(ca_password=generated_secret("step-ca-key-password", 48),
-                          provisioner_password=generated_secret("step-ca-provisioner-password", 48))
+        secrets = Secrets(provisioner_password=generated_secret("step-ca-provisioner-password", 48))
         ctx = Context(lab, topo, provider(cfg, lab), secrets)
         PkiTier("pki", ctx)
         GuestsTier("guests", ctx)
         trust = TrustTier("trust", ctx)
+        trust.deploy_ca(ctx)
         internal_certificate(ctx, ctx.guests[topo.mesh.name], sans=[topo.mesh_name], reload=reload,
                              check=check, parent=trust, **MESH_CERT)
         internal_certificate(ctx, ctx.guests[topo.gateway.name], name="gateway-client",
