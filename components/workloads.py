@@ -2,7 +2,11 @@
 
 * GPU LXCs: the NVIDIA user-space driver at exactly the node's driver version (read on the
   node at deploy time by ``gpu_node_probes``, which the guests tier runs before it creates
-  GPU containers), then one systemd unit per catalog service with its own certificate.
+  GPU containers), then one systemd unit per catalog service with its own certificate
+  (names only that replica can prove by HTTP-01). A service that cannot serve TLS
+  (``run.tls: sidecar``) listens on loopback; nginx's stream proxy on the guest serves its
+  catalog port with that certificate (``tls-sidecar-install``, then ``tls-sidecar``: checked
+  by ``nginx -t``, healthy when every port presents the name the mesh verifies).
 * Portainer: the pinned server by compose, its admin password and the agent secret from
   Pulumi secrets in root-only files (never on a command line); per agent VM the pinned
   agent, and on the Portainer VM a registration step that depends on both and removes the
@@ -11,7 +15,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Sequence
 
 import pulumi
@@ -21,6 +24,7 @@ from components.base import Context, GuestHandle, push, script
 from phoenix.bundle import GuestFile
 from phoenix.model import Guest, Lab
 from phoenix.render import workloads as wl
+from phoenix.render.stacks import REGISTRATIONS_FACT
 from phoenix.topology import Topology
 
 
@@ -49,28 +53,18 @@ def gpu_node_probes(lab: Lab, topo: Topology, private_key: pulumi.Input[str],
 
 
 def service_certificate(ctx: Context, handle: GuestHandle, name: str, names: list[str], *, group: str,
-                        reload: str, parent: pulumi.Resource,
+                        reload: str, parent: pulumi.Resource, check: str = "",
                         depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.Resource:
     """A certificate from Step-CA at ``tls_paths(name)`` (the trust tier's ``internal_certificate``),
-    key readable by ``group``, ``reload`` run after a renewal.
+    key readable by ``group``; a renewal runs ``check`` (the config test of what serves it) and
+    then ``reload``.
 
-    ACME (HTTP-01) proves DNS names only, and only names that resolve to this guest alone: the
-    rest of ``names`` (addresses, a replicated service's shared name) are left out.
+    ``names`` are names this guest can prove by ACME HTTP-01 (``wl.certificate_names``: no
+    addresses, no name shared with another replica); the trust tier refuses any other.
     """
     from components.trust import internal_certificate
-    from phoenix.render.trust import shared_sans
-    shared = set(shared_sans(ctx.topo, handle.name, names))
-    sans = [n for n in names if n not in shared and not _is_address(n)]
-    return internal_certificate(ctx, handle, name=name, sans=sans, owner="root", group=group, reload=reload,
-                                parent=parent, depends_on=depends_on)
-
-
-def _is_address(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-        return True
-    except ValueError:
-        return False
+    return internal_certificate(ctx, handle, name=name, sans=names, owner="root", group=group, reload=reload,
+                                check=check, parent=parent, depends_on=depends_on)
 
 
 def _run(name: str, handle: GuestHandle, text: str, files: Sequence[GuestFile] | pulumi.Output, *,
@@ -99,22 +93,34 @@ class WorkloadsTier(pulumi.ComponentResource):
         topo, handle = ctx.topo, ctx.handle(g.name)
         driver = script("gpu-driver", handle, version.apply(lambda v: wl.gpu_driver_script(topo, g, v)),
                         parent=self)
+        services = wl.gpu_services_on(topo, g)
+        users: dict[str, pulumi.Resource] = {}
+        certs: dict[str, pulumi.Resource] = {}
         previous_cert: list[pulumi.Resource] = []
-        for s in wl.gpu_services_on(topo, g):
+        for s in services:
             # The service's user first: its certificate's key is installed readable by its group.
-            user = push(f"svc-{s.name}-user", handle, [wl.gpu_service_user_file(s)],
-                        check=f"systemd-sysusers {wl.sysusers_path(s)}", parent=self)
-            cert = []
+            users[s.name] = push(f"svc-{s.name}-user", handle, [wl.gpu_service_user_file(s)],
+                                 check=f"systemd-sysusers {wl.sysusers_path(s)}", parent=self)
             if wl.needs_certificate(s):
                 # One certificate at a time per guest: each HTTP-01 answer binds port 80.
-                cert.append(service_certificate(
-                    ctx, handle, s.name, wl.certificate_names(topo, s, g), group=wl.service_user(s),
-                    reload=f"systemctl try-restart {wl.unit_name(s)}", parent=self,
-                    depends_on=[user, *previous_cert]))
-                previous_cert = cert
-            push(
-                f"svc-{s.name}", handle, wl.gpu_service_files(topo, s, g), **wl.gpu_service_hooks(s),
-                parent=self, depends_on=[driver, user, *cert])
+                certs[s.name] = service_certificate(
+                    ctx, handle, s.name, wl.certificate_names(topo, s, g), **wl.certificate_hooks(s),
+                    parent=self, depends_on=[users[s.name], *previous_cert])
+                previous_cert = [certs[s.name]]
+        # Services that cannot serve TLS sit behind nginx on their catalog port (run.tls: sidecar),
+        # started once their certificates exist.
+        fronted = [s for s in services if s.tls_termination == "sidecar"]
+        sidecar: list[pulumi.Resource] = []
+        if fronted:
+            install = script("tls-sidecar-install", handle, wl.sidecar_install_script(g), parent=self)
+            sidecar = [push("tls-sidecar", handle, wl.sidecar_files(topo, g), **wl.sidecar_hooks(), parent=self,
+                            depends_on=[install, *(certs[s.name] for s in fronted)])]
+        for s in services:
+            cert = [certs[s.name]] if s.name in certs else []
+            # Its health check goes through the sidecar, if it has one.
+            front = sidecar if s in fronted else []
+            push(f"svc-{s.name}", handle, wl.gpu_service_files(topo, s, g), **wl.gpu_service_hooks(s),
+                 parent=self, depends_on=[driver, users[s.name], *cert, *front])
 
     def _portainer(self, ctx: Context) -> None:
         topo, secrets = ctx.topo, ctx.secrets
@@ -127,13 +133,17 @@ class WorkloadsTier(pulumi.ComponentResource):
             lambda s: wl.portainer_server_files(topo, s[0], s[1])))
         server = _run("portainer-server", handle, wl.portainer_server_script(topo), server_files,
                       parent=self, depends_on=[cert])
-        environments = {}
+        environments: dict[str, str] = {}
+        registrations: dict[str, pulumi.Resource] = {}
         for a in topo.agents:
             agent_handle = ctx.handle(a.name)
             files = pulumi.Output.secret(secrets.agent_secret.apply(lambda s, a=a: wl.agent_files(topo, a, s)))
             agent = _run("portainer-agent", agent_handle, wl.agent_script(topo, a), files, parent=self)
             path = f"{wl.SCRIPTS}/register-{a.name}.sh"
-            script(f"register-{a.name}", handle, wl.registration_script(topo, a), parent=self,
-                   depends_on=[server, agent], delete=f"[ ! -f {path} ] || bash {path} delete")
+            registrations[a.name] = script(
+                f"register-{a.name}", handle, wl.registration_script(topo, a), parent=self,
+                depends_on=[server, agent], delete=f"[ ! -f {path} ] || bash {path} delete")
             environments[a.name] = wl.agent_url(topo, a)
+        # The compose stacks tier deploys onto an agent's environment once it is registered.
+        ctx.facts[REGISTRATIONS_FACT] = registrations
         self.exports["portainerEnvironments"] = environments

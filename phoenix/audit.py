@@ -1,16 +1,24 @@
 """The route audit: proves every route of the stack end to end, over what the tiers would deploy.
 
 ``collect_artifacts`` gathers the tiers' own pure outputs (DNS view answers, gateway server
-blocks, the mesh's static and dynamic Traefik config, firewall rules per guest) into one
-``Artifacts``; ``audit`` walks them. For every public host: the external view answers the
-gateway's public address; the gateway has a server block for it proxying to a mesh
-entrypoint that exists on that port with that scheme, verifying the name the mesh has a
-certificate for; the mesh has a router for the host on that entrypoint (mTLS where the
-entrypoint requires it, with TLS options that agree with the gateway's SNI); the router's
-service has a backend whose guest and port exist and whose firewall lets the mesh in. Every
-internal name answers in the internal view, and none leaks into the external one. Every
-reference in the Traefik config (entrypoint, middleware, service, TLS option, resolver,
-servers transport) resolves.
+blocks and certificate, the mesh's static and dynamic Traefik config, the certificates the
+backends serve, firewall rules per guest) into one ``Artifacts``; ``audit`` walks them, hop by
+hop, with the scheme and the verification of each:
+
+* client -> gateway: the external view answers the gateway's public address; the gateway has a
+  server block for the host, and its Let's Encrypt certificate covers it;
+* gateway -> mesh: HTTPS to a mesh entrypoint that exists on that port and serves TLS,
+  verifying (``proxy_ssl_verify``) the name the mesh has a certificate for, with the client
+  certificate the entrypoint requires; the mesh's router for the host on that entrypoint (TLS
+  options agreeing with the gateway's SNI);
+* mesh -> backend: every server a router reaches (through weighted services too) is a replica
+  the catalog runs there, its firewall lets the mesh in, and it is HTTPS verified against the
+  Phoenix root with a server name the certificate served there carries; plain HTTP only where
+  the catalog says ``protocol: http``, and that is a warning.
+
+Every internal name answers in the internal view, and none leaks into the external one. Every
+reference in the Traefik config (entrypoint, middleware, service, TLS option, resolver, servers
+transport) resolves.
 
 Each problem is one line naming the broken hop; a hop whose input is already broken (a
 dangling reference, a wrong upstream port) is reported once, not again downstream.
@@ -18,16 +26,16 @@ dangling reference, a wrong upstream port) is reported once, not again downstrea
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 from urllib.parse import urlsplit
 
+from phoenix.audit_mesh import Mesh, hosts_of, listing, local_ref, reference_problems
 from phoenix.render.mesh import ACME_HTTP_PORT
+from phoenix.model import Guest, Service
 from phoenix.topology import ROOT_CA_TRUST_PATH, Topology
 
 VERIFIED_CLIENT = "RequireAndVerifyClientCert"
-_HOST = re.compile(r"\bHost\(`([^`]+)`\)")
 
 
 @dataclass
@@ -45,6 +53,10 @@ class Artifacts:
     mesh_static: dict
     mesh_dynamic: dict
     firewall: dict[str, list[Any]]                     # guest -> [phoenix.render.firewall.FirewallRule]
+    #: (guest, port) -> the certificate a TLS backend serves there (workloads.BackendCertificate)
+    backend_certificates: dict[tuple[str, int], Any] = field(default_factory=dict)
+    #: the names on the gateway's public (ACME) certificate
+    gateway_certificate: list[str] = field(default_factory=list)
 
 
 # -- gathering ------------------------------------------------------------------------------
@@ -52,151 +64,11 @@ def collect_artifacts(topo: Topology) -> Artifacts:
     """Each tier's own pure output: what the audit proves is what the tiers push."""
     from phoenix.render.dns import view_answers
     from phoenix.render.firewall import guest_rules
-    from phoenix.render.gateway import server_blocks
+    from phoenix.render.gateway import certificate_names, server_blocks
     from phoenix.render.mesh import dynamic_config, static_config
+    from phoenix.render.workloads import backend_certificates
     return Artifacts(view_answers(topo), server_blocks(topo), static_config(topo), dynamic_config(topo),
-                     guest_rules(topo))
-
-
-# -- reading the Traefik config ---------------------------------------------------------------
-def _port(address: str) -> Optional[int]:
-    try:
-        return int(address.rsplit(":", 1)[1].split("/")[0])
-    except (IndexError, ValueError):
-        return None
-
-
-def _local(name: str) -> Optional[str]:
-    """A reference's name in the file provider (``x`` or ``x@file``), or None for another provider."""
-    base, _, provider = name.partition("@")
-    return base if provider in ("", "file") else None
-
-
-class Mesh:
-    def __init__(self, static: dict, dynamic: dict):
-        self.static, self.dynamic = static or {}, dynamic or {}
-        http = self.dynamic.get("http") or {}
-        tls = self.dynamic.get("tls") or {}
-        self.entrypoints: dict[str, dict] = self.static.get("entryPoints") or {}
-        self.resolvers: dict[str, dict] = self.static.get("certificatesResolvers") or {}
-        self.routers: dict[str, dict] = http.get("routers") or {}
-        self.services: dict[str, dict] = http.get("services") or {}
-        self.middlewares: dict[str, dict] = http.get("middlewares") or {}
-        self.transports: dict[str, dict] = http.get("serversTransports") or {}
-        self.options: dict[str, dict] = {"default": {}, **(tls.get("options") or {})}
-        self.stores: dict[str, dict] = tls.get("stores") or {}
-        internal = {"noop"} | ({"api", "dashboard"} if "api" in self.static else set())
-        internal |= {"ping"} if "ping" in self.static else set()
-        internal |= {"prometheus"} if (self.static.get("metrics") or {}).get("prometheus") is not None else set()
-        self.internal_services = internal
-
-    def port(self, entrypoint: str) -> Optional[int]:
-        return _port((self.entrypoints.get(entrypoint) or {}).get("address", ""))
-
-    def entrypoint_at(self, port: int) -> Optional[str]:
-        return next((n for n in self.entrypoints if self.port(n) == port), None)
-
-    def on(self, entrypoint: str) -> dict[str, dict]:
-        return {n: r for n, r in self.routers.items() if entrypoint in (r.get("entryPoints") or [])}
-
-    def scheme(self, entrypoint: str) -> str:
-        tls = ((self.entrypoints.get(entrypoint) or {}).get("http") or {}).get("tls") is not None
-        return "https" if tls or any("tls" in r for r in self.on(entrypoint).values()) else "http"
-
-    def option_of(self, router: dict) -> Optional[str]:
-        tls = router.get("tls")
-        return _local(tls.get("options") or "default") if tls is not None else None
-
-    def option_for_sni(self, entrypoint: str, host: str) -> str:
-        """The TLS option Traefik picks for ``host`` as SNI on ``entrypoint`` (from the Host rules)."""
-        for r in self.on(entrypoint).values():
-            if "tls" in r and host in hosts_of(r):
-                return self.option_of(r) or "default"
-        return "default"
-
-    def certificate_names(self, entrypoint: str) -> set[str]:
-        names = set()
-        for r in self.on(entrypoint).values():
-            for d in (r.get("tls") or {}).get("domains") or []:
-                names |= {d.get("main"), *(d.get("sans") or [])}
-        for store in self.stores.values():
-            domain = (store.get("defaultGeneratedCert") or {}).get("domain") or {}
-            names |= {domain.get("main"), *(domain.get("sans") or [])}
-        return names - {None}
-
-
-def hosts_of(router: dict) -> list[str]:
-    return _HOST.findall(router.get("rule") or "")
-
-
-def _names(d) -> str:
-    return ", ".join(sorted(d)) or "none"
-
-
-def reference_problems(mesh: Mesh) -> tuple[list[str], set[str], set[str]]:
-    """Dangling references; and the routers and services they make unreliable downstream."""
-    out: list[str] = []
-    bad_routers: set[str] = set()
-    bad_services: set[str] = set()
-    eps = mesh.entrypoints
-
-    def entrypoint(ref: Optional[str], where: str) -> None:
-        if ref is not None and ref not in eps:
-            out.append(f"{where}: entrypoint {ref!r} is not defined (defined: {_names(eps)})")
-
-    for name, r in mesh.resolvers.items():
-        acme = r.get("acme") or {}
-        entrypoint((acme.get("httpChallenge") or {}).get("entryPoint"), f"mesh resolver {name}")
-    entrypoint((mesh.static.get("ping") or {}).get("entryPoint"), "mesh ping")
-    entrypoint(((mesh.static.get("metrics") or {}).get("prometheus") or {}).get("entryPoint"), "mesh metrics")
-    for name, ep in eps.items():      # entrypoint defaults name dynamic objects too
-        http = ep.get("http") or {}
-        tls = http.get("tls") or {}
-        if tls.get("options") and _local(tls["options"]) not in mesh.options:
-            out.append(f"mesh entrypoint {name}: TLS option {tls['options']!r} is not defined "
-                       f"(defined: {_names(mesh.options)})")
-        if tls.get("certResolver") and tls["certResolver"] not in mesh.resolvers:
-            out.append(f"mesh entrypoint {name}: certificate resolver {tls['certResolver']!r} is not defined "
-                       f"(defined: {_names(mesh.resolvers)})")
-        for mw in http.get("middlewares") or []:
-            if _local(mw) not in mesh.middlewares:
-                out.append(f"mesh entrypoint {name}: middleware {mw!r} is not defined "
-                           f"(defined: {_names(mesh.middlewares)})")
-    for name, r in mesh.routers.items():
-        where, before = f"mesh router {name}", len(out)
-        if not r.get("entryPoints"):
-            out.append(f"{where}: lists no entrypoint (it would listen on all of them)")
-        for ep in r.get("entryPoints") or []:
-            entrypoint(ep, where)
-        svc = r.get("service") or ""
-        internal = svc.endswith("@internal") and svc.partition("@")[0] in mesh.internal_services
-        if not internal and _local(svc) not in mesh.services:
-            out.append(f"{where}: service {svc!r} is not defined (defined: {_names(mesh.services)})")
-        for mw in r.get("middlewares") or []:
-            if _local(mw) not in mesh.middlewares:
-                out.append(f"{where}: middleware {mw!r} is not defined (defined: {_names(mesh.middlewares)})")
-        tls = r.get("tls")
-        if tls is not None:
-            if mesh.option_of(r) not in mesh.options:
-                out.append(f"{where}: TLS option {tls.get('options')!r} is not defined "
-                           f"(defined: {_names(mesh.options)})")
-            if tls.get("certResolver") and tls["certResolver"] not in mesh.resolvers:
-                out.append(f"{where}: certificate resolver {tls['certResolver']!r} is not defined "
-                           f"(defined: {_names(mesh.resolvers)})")
-        if len(out) > before:
-            bad_routers.add(name)
-    for name, s in mesh.services.items():
-        transport = (s.get("loadBalancer") or {}).get("serversTransport")
-        if transport and _local(transport) not in mesh.transports and transport != "default@internal":
-            out.append(f"mesh service {name}: servers transport {transport!r} is not defined "
-                       f"(defined: {_names(mesh.transports)})")
-            bad_services.add(name)
-    for name, store in mesh.stores.items():
-        resolver = (store.get("defaultGeneratedCert") or {}).get("resolver")
-        if resolver and resolver not in mesh.resolvers:
-            out.append(f"mesh TLS store {name}: certificate resolver {resolver!r} is not defined "
-                       f"(defined: {_names(mesh.resolvers)})")
-    return out, bad_routers, bad_services
+                     guest_rules(topo), backend_certificates(topo), certificate_names(topo))
 
 
 # -- firewall ---------------------------------------------------------------------------------
@@ -248,29 +120,35 @@ def _gateway_problems(topo: Topology, art: Artifacts, mesh: Mesh, host: str, bad
     blocks = [b for b in art.gateway if b.host == host]
     if not blocks:
         return [f"route {host}: the gateway has no server block for it"]
-    b, at = blocks[0], f"route {host}"
+    b, at, out = blocks[0], f"route {host}", []
+    if not any(covers(name, host) for name in art.gateway_certificate):
+        out.append(f"{at}: client -> gateway: the gateway's certificate ({listing(art.gateway_certificate)}) "
+                   "does not cover it")
     mesh_guest = topo.mesh
     routers = {n: r for n, r in mesh.routers.items() if host in hosts_of(r)}
     wanted = sorted({ep for r in routers.values() for ep in r.get("entryPoints") or [] if ep in mesh.entrypoints})
     if str(b.upstream_address) not in (str(mesh_guest.address), topo.mesh_name):
-        return [f"{at}: gateway upstream {b.upstream_address} is not the mesh ({mesh_guest.address})"]
+        return out + [f"{at}: gateway upstream {b.upstream_address} is not the mesh ({mesh_guest.address})"]
     ep = mesh.entrypoint_at(int(b.upstream_port))
     if ep is None:
         known = wanted or sorted(mesh.entrypoints)
-        return [f"{at}: gateway upstream port {b.upstream_port} is not a mesh entrypoint "
-                f"({', '.join(f'{n}={mesh.port(n)}' for n in known)})"]
-    out = []
+        return out + [f"{at}: gateway upstream port {b.upstream_port} is not a mesh entrypoint "
+                      f"({', '.join(f'{n}={mesh.port(n)}' for n in known)})"]
     sni_ok = b.scheme == "https"      # the SNI check needs a TLS hop to a name the mesh has
+    if b.scheme != "https":
+        out.append(f"{at}: gateway -> mesh: the gateway speaks {b.scheme} to the mesh; this hop must be "
+                   "encrypted (https)")
     if b.scheme != mesh.scheme(ep):
         out.append(f"{at}: the gateway speaks {b.scheme} to mesh entrypoint {ep} ({b.upstream_port}), "
                    f"which serves {mesh.scheme(ep)}")
     elif b.scheme == "https":
         if not b.verify:
-            out.append(f"{at}: the gateway does not verify the mesh's certificate")
+            out.append(f"{at}: gateway -> mesh: the gateway does not verify the mesh's certificate "
+                       "(proxy_ssl_verify off)")
         elif b.ssl_name not in mesh.certificate_names(ep):
             sni_ok = False
             out.append(f"{at}: the gateway verifies the mesh as {b.ssl_name}, but the mesh gets a "
-                       f"certificate for {_names(mesh.certificate_names(ep))}")
+                       f"certificate for {listing(mesh.certificate_names(ep))}")
     if not firewall_allows(art.firewall.get(mesh_guest.name, []), str(topo.gateway.address), int(b.upstream_port)):
         out.append(f"{at}: the mesh's firewall does not let the gateway ({topo.gateway.address}) "
                    f"reach tcp/{b.upstream_port}")
@@ -280,7 +158,7 @@ def _gateway_problems(topo: Topology, art: Artifacts, mesh: Mesh, host: str, bad
             out.append(f"{at}: the mesh has no router for it (no rule with Host(`{host}`))")
         elif not routers.keys() & bad:
             out.append(f"{at}: the mesh has no router for it on entrypoint {ep} ({b.upstream_port}); "
-                       f"router {_names(routers)} is on {', '.join(wanted) or 'no defined entrypoint'}")
+                       f"router {listing(routers)} is on {', '.join(wanted) or 'no defined entrypoint'}")
         return out
     name, router = sorted(on_ep.items())[0]
     if name in bad:
@@ -306,51 +184,135 @@ def _gateway_problems(topo: Topology, art: Artifacts, mesh: Mesh, host: str, bad
     return out
 
 
-def _backend_problem(topo: Topology, art: Artifacts, url: str) -> Optional[str]:
-    """Why the mesh cannot use this backend, or None."""
+def _serving(topo: Topology, url: str) -> tuple[Optional[Guest], int, list[Service]]:
+    """(guest, port, the catalog services listening there) for a backend URL."""
     parts = urlsplit(url)
     guest = next((g for g in topo.lab.guests if str(g.address) == parts.hostname), None)
-    if guest is None:
-        return f"{url} (no guest has address {parts.hostname})"
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    listening = [s for s in topo.lab.services if guest.name in s.guests and s.port == port]
+    listening = [s for s in topo.lab.services if guest is not None and guest.name in s.guests and s.port == port]
+    return guest, port, listening
+
+
+def _backend_problem(topo: Topology, art: Artifacts, url: str) -> Optional[str]:
+    """Why the mesh cannot use this backend, or None."""
+    guest, port, listening = _serving(topo, url)
+    scheme = urlsplit(url).scheme
+    if guest is None:
+        return f"{url} (no guest has address {urlsplit(url).hostname})"
     if not listening:
         return f"{url} (no service listens on {guest.name}:{port})"
-    if listening[0].protocol != parts.scheme:
-        return f"{url} ({guest.name}:{port} speaks {listening[0].protocol}, not {parts.scheme})"
+    if listening[0].protocol != scheme:
+        return f"{url} ({guest.name}:{port} speaks {listening[0].protocol}, not {scheme})"
     if not firewall_allows(art.firewall.get(guest.name, []), str(topo.mesh.address), port):
         return f"{url} (the firewall of {guest.name} does not let the mesh ({topo.mesh.address}) reach tcp/{port})"
     return None
+
+
+def covers(name: str, host: str) -> bool:
+    """Does a certificate name (maybe a wildcard) cover ``host``?"""
+    name, host = name.lower().rstrip("."), host.lower().rstrip(".")
+    if name.startswith("*."):
+        return host.count(".") == name.count(".") and host.endswith(name[1:])
+    return name == host
+
+
+@dataclass(frozen=True)
+class BackendHop:
+    """mesh -> backend: one server of a load-balancer service, and how the mesh verifies it."""
+    service: str                     # the load-balancer service holding the server
+    url: str
+    transport_name: Optional[str]
+    transport: Optional[dict]
+    certificate: Any                 # what the backend serves (workloads.BackendCertificate), if known
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+    @property
+    def label(self) -> str:
+        return f"mesh service {self.service} -> {self.url}"
+
+    def problem(self) -> Optional[str]:
+        """Why the mesh would not verify this TLS backend with a name its certificate carries."""
+        t, name = self.transport, self.transport_name
+        if self.scheme != "https":
+            return None
+        if t is None:
+            return (f"{self.label}: no servers transport, so not verified against the Phoenix root with a "
+                    "server name")
+        if t.get("insecureSkipVerify"):
+            return f"{self.label}: servers transport {name} skips certificate verification (insecureSkipVerify)"
+        if ROOT_CA_TRUST_PATH not in (t.get("rootCAs") or []):
+            return f"{self.label}: servers transport {name} does not verify against the Phoenix root"
+        server_name = t.get("serverName")
+        if not server_name:
+            return f"{self.label}: servers transport {name} sets no serverName to verify"
+        cert = self.certificate
+        if cert is not None and not any(covers(san, server_name) for san in cert.sans):
+            return (f"{self.label}: servers transport {name} verifies {server_name}, which the certificate "
+                    f"{cert.name} on {cert.guest} does not carry ({', '.join(cert.sans)})")
+        return None
+
+    def describe(self) -> str:
+        t = self.transport or {}
+        if self.scheme != "https":
+            return f"{self.url}: plain HTTP, not encrypted (protocol: http in the catalog)"
+        what = f"verify {t.get('serverName') or '?'} against the Phoenix root"
+        if t.get("insecureSkipVerify"):
+            what = "NOT verified (insecureSkipVerify)"
+        cert = self.certificate
+        served = f"certificate {cert.name} ({cert.terminator} TLS)" if cert else "certificate not issued by Phoenix"
+        return f"{self.url}: https, {what}; {served}"
+
+
+def backend_hops(topo: Topology, art: Artifacts, mesh: Mesh, service: str) -> list[BackendHop]:
+    """Every server a router's service reaches, with the transport that dials it."""
+    out = []
+    for leaf in mesh.leaves(service):
+        lb = mesh.services[leaf].get("loadBalancer") or {}
+        t_name = local_ref(lb.get("serversTransport") or "") or None
+        for srv in lb.get("servers") or []:
+            url = srv.get("url", "")
+            guest, port, _ = _serving(topo, url)
+            cert = art.backend_certificates.get((guest.name, port)) if guest else None
+            out.append(BackendHop(leaf, url, t_name, mesh.transports.get(t_name or ""), cert))
+    return out
 
 
 def service_problems(topo: Topology, art: Artifacts, mesh: Mesh, bad: set[str]) -> tuple[list[str], list[str]]:
     out, warnings = [], []
     used: dict[str, list[str]] = {}
     for r in mesh.routers.values():
-        svc = _local(r.get("service") or "")
+        svc = local_ref(r.get("service") or "")
         if svc in mesh.services:
             used.setdefault(svc, []).extend(hosts_of(r))
+    checked: set[tuple[str, str]] = set()
     for name, hosts in used.items():
         if name in bad:
             continue
-        lb = mesh.services[name].get("loadBalancer") or {}
-        urls = [s.get("url", "") for s in lb.get("servers") or []]
+        hops = backend_hops(topo, art, mesh, name)
         at = f"mesh service {name} ({', '.join(dict.fromkeys(hosts))})"
-        reasons = [_backend_problem(topo, art, u) for u in urls]
-        if not urls:
+        reasons = [_backend_problem(topo, art, h.url) for h in hops]
+        if not hops:
             out.append(f"{at}: has no backend")
         elif all(reasons):
             out.append(f"{at}: no usable backend: " + "; ".join(reasons))
-        transport = mesh.transports.get(_local(lb.get("serversTransport") or "") or "", {})
-        tls_urls = [u for u in urls if u.startswith("https://")]
-        if tls_urls and (transport.get("insecureSkipVerify") or not transport.get("serverName")
-                         or ROOT_CA_TRUST_PATH not in (transport.get("rootCAs") or [])):
-            out.append(f"{at}: TLS backends are not verified against the Phoenix root with a server name "
-                       f"(servers transport {lb.get('serversTransport') or 'default'})")
-        for u in urls:
-            if u.startswith("http://"):
-                warnings.append(f"mesh service {name}: the mesh reaches {u} over plain HTTP "
+        elif any(reasons):
+            out += [f"{at}: backend {r}" for r in reasons if r]
+        for hop, reason in zip(hops, reasons):
+            if reason or (hop.service, hop.url) in checked:
+                continue
+            checked.add((hop.service, hop.url))
+            found = hop.problem()
+            if found:
+                out.append(found)
+            elif hop.scheme == "http":
+                warnings.append(f"mesh service {hop.service}: the mesh reaches {hop.url} over plain HTTP "
                                 "(protocol: http in the catalog)")
+            elif hop.certificate is None:
+                warnings.append(f"{hop.label}: no Phoenix step issues the certificate served there; the mesh "
+                                f"verifies {hop.transport.get('serverName')} against the Phoenix root")
     return out, warnings
 
 
@@ -361,8 +323,14 @@ def internal_route_problems(topo: Topology, mesh: Mesh, bad: set[str]) -> list[s
             continue
         ep = route.entrypoint.name
         routers = {n: r for n, r in mesh.routers.items() if route.host in hosts_of(r)}
-        if not any(ep in (r.get("entryPoints") or []) for r in routers.values()) and not routers.keys() & bad:
+        on_ep = {n: r for n, r in routers.items() if ep in (r.get("entryPoints") or [])}
+        if routers.keys() & bad:
+            continue
+        if not on_ep:
             out.append(f"route {route.host}: the mesh has no router for it on entrypoint {ep}")
+        elif route.entrypoint.scheme == "https" and not any("tls" in r for r in on_ep.values()):
+            out.append(f"route {route.host}: client -> mesh: router {listing(on_ep)} on entrypoint {ep} has no TLS "
+                       "section, so clients' TLS requests never reach it (404)")
     return out
 
 
@@ -398,7 +366,28 @@ def audit(topo: Topology, art: Artifacts) -> AuditReport:
     return AuditReport(problems, summary_lines(topo, art, mesh, problems), warnings)
 
 
+def _acme_label(topo: Topology) -> str:
+    server = topo.lab.acme.server
+    return {"staging": "Let's Encrypt staging", "production": "Let's Encrypt"}.get(server, f"ACME {server}")
+
+
+def _router_for(mesh: Mesh, host: str, entrypoint: Optional[str]) -> tuple[Optional[str], dict]:
+    found = sorted((n, r) for n, r in mesh.routers.items()
+                   if host in hosts_of(r) and entrypoint in (r.get("entryPoints") or []))
+    return found[0] if found else (None, {})
+
+
+def _backend_lines(topo: Topology, art: Artifacts, mesh: Mesh, router: Optional[str], r: dict) -> list[str]:
+    svc = local_ref(r.get("service") or "") if router else None
+    hops = backend_hops(topo, art, mesh, svc) if svc in mesh.services else []
+    if not hops:
+        return [f"    mesh -> backend: router {router or '?'} -> service {svc or '?'} -> ?"]
+    via = lambda h: f"service {svc}" + (f" -> {h.service}" if h.service != svc else "")
+    return [f"    mesh -> backend: router {router} -> {via(h)} -> {h.describe()}" for h in hops]
+
+
 def summary_lines(topo: Topology, art: Artifacts, mesh: Mesh, problems: list[str]) -> list[str]:
+    """What the audit walked: every route, each hop with its scheme and how it is verified."""
     refs = sum(len(r.get("entryPoints") or []) + len(r.get("middlewares") or []) + 1 + ("tls" in r)
                for r in mesh.routers.values())
     internal = {r.name for r in topo.internal_records}
@@ -406,14 +395,27 @@ def summary_lines(topo: Topology, art: Artifacts, mesh: Mesh, problems: list[str
     lines = [f"route audit: {len(topo.public_hosts)} public hosts, {len(internal)} internal names, "
              f"{len(mesh.routers)} mesh routers ({refs} references): {status}"]
     for b in art.gateway:
-        routers = [n for n, r in mesh.routers.items() if b.host in hosts_of(r)
-                   and mesh.entrypoint_at(int(b.upstream_port)) in (r.get("entryPoints") or [])]
-        svc = _local((mesh.routers.get(routers[0]) or {}).get("service") or "") if routers else None
-        servers = [s.get("url") for s in ((mesh.services.get(svc or "") or {}).get("loadBalancer") or {})
-                   .get("servers") or []]
-        lines.append(f"  https://{b.host}/ -> gateway -> {b.scheme}://{b.upstream_address}:{b.upstream_port} "
-                     f"(verify {b.ssl_name}) -> router {', '.join(routers) or '?'} -> service {svc or '?'} "
-                     f"-> {', '.join(servers) or '?'}")
+        ep = mesh.entrypoint_at(int(b.upstream_port))
+        router, r = _router_for(mesh, b.host, ep)
+        covering = [n for n in art.gateway_certificate if covers(n, b.host)]
+        lines.append(f"  https://{b.host}/ -> service {b.service}")
+        lines.append(f"    client -> gateway {topo.gateway.address}:443: https, {_acme_label(topo)} certificate "
+                     f"for {', '.join(covering) or 'NONE covering it'}")
+        verify = f"verify {b.ssl_name} against the Phoenix root" if b.verify else "NOT verified (proxy_ssl_verify off)"
+        client = ", client certificate" if getattr(b, "client_certificate", False) else ""
+        lines.append(f"    gateway -> mesh: {b.scheme}://{b.upstream_address}:{b.upstream_port} "
+                     f"(entrypoint {ep or '?'}): {verify}{client}")
+        lines += _backend_lines(topo, art, mesh, router, r)
+    for route in topo.routes:
+        if route.public:
+            continue
+        ep = route.entrypoint
+        router, r = _router_for(mesh, route.host, ep.name)
+        names = ", ".join(sorted(mesh.certificate_names(ep.name))) or "?"
+        lines.append(f"  {ep.scheme}://{route.host}:{ep.port}/ -> service {route.service} (internal)")
+        lines.append(f"    client -> mesh: {ep.scheme}://{topo.mesh.address}:{ep.port} (entrypoint {ep.name}): "
+                     f"Step-CA certificate for {names}")
+        lines += _backend_lines(topo, art, mesh, router, r)
     lines += [f"  problem: {p}" for p in problems]
     return lines
 

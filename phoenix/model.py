@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import cached_property
 from typing import Annotated, Literal, Optional
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationError,
@@ -140,8 +141,11 @@ class Guest(Strict):
         return "lxc" if self.role in LXC_ROLES else "vm"
 
 
-#: what ``run.command`` may name: the catalog's model and port, the service's certificate and key.
-RUN_PLACEHOLDERS = ("model", "port", "cert", "key")
+#: what ``run.command`` may name: the catalog's model and port, the service's certificate and key,
+#: and the address it listens on (0.0.0.0, or 127.0.0.1 behind a TLS sidecar).
+RUN_PLACEHOLDERS = ("model", "port", "cert", "key", "host")
+#: behind a TLS sidecar the service listens on loopback at its catalog port plus this (run.internalPort overrides).
+SIDECAR_PORT_OFFSET = 10000
 
 
 class Run(Strict):
@@ -149,6 +153,17 @@ class Run(Strict):
     command: str
     model: Optional[str] = None
     environment: dict[str, str] = Field(default_factory=dict)
+    #: who serves the service's TLS: ``native`` (the command uses {cert} and {key}; the default
+    #: when it does) or ``sidecar`` (a TLS terminator on the guest serves the catalog port and the
+    #: service listens on 127.0.0.1 at ``internalPort``; for programs that cannot serve TLS).
+    tls: Optional[Literal["native", "sidecar"]] = None
+    #: the loopback port behind a sidecar (default: the catalog port + 10000).
+    internal_port: Optional[Port] = None
+
+    @property
+    def placeholders(self) -> set[str]:
+        import string
+        return {f for _, f, _, _ in string.Formatter().parse(self.command) if f is not None}
 
     @model_validator(mode="after")
     def _command(self) -> "Run":
@@ -174,6 +189,116 @@ class Run(Strict):
         return self
 
 
+#: where a compose stack may bind-mount host paths on its agent VM (named volumes need none).
+STACK_HOST_ROOT = "/srv/phoenix"
+#: Phoenix's own credentials: a stack gets secrets of its own, never these.
+PHOENIX_CREDENTIALS = ("proxmoxPassword", "proxmoxApiToken", "portainerAdminPassword")
+_IMAGE_NAME = re.compile(r"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _pinned_image(value: str) -> str:
+    """An image pinned by tag (not ``latest``) or by digest: what runs is what was reviewed."""
+    name, at, digest = value.partition("@")
+    last = name.rsplit("/", 1)[-1]
+    tag = last.partition(":")[2]
+    repo = name[:len(name) - len(tag) - 1] if tag else name
+    if not _IMAGE_NAME.match(repo):
+        raise ValueError(f"{value!r} is not an image reference (registry/name:tag or name@sha256:digest)")
+    if at:
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise ValueError(f"image {value!r}: a digest pin is @sha256: and 64 lowercase hex digits")
+    elif not tag:
+        raise ValueError(f"image {value!r} is not pinned: give a version tag ({repo}:1.2.3) or a digest "
+                         f"({repo}@sha256:...)")
+    elif tag == "latest":
+        raise ValueError(f"image {value!r} is not pinned: 'latest' moves; give a version tag or a digest")
+    if tag and not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", tag):
+        raise ValueError(f"image {value!r} has an invalid tag {tag!r}")
+    return value
+
+
+def _stack_volume(value: str) -> str:
+    import posixpath
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+        raise ValueError(f"volume {value!r} is not SOURCE:TARGET or SOURCE:TARGET:ro")
+    source, target = parts[0], parts[1]
+    if not target.startswith("/") or posixpath.normpath(target) != target:
+        raise ValueError(f"volume {value!r}: the target {target!r} must be a plain absolute path in the container")
+    if source.startswith("/"):
+        if posixpath.normpath(source) != source or not source.startswith(STACK_HOST_ROOT + "/"):
+            raise ValueError(f"volume {value!r}: a host path must be under {STACK_HOST_ROOT}/ "
+                             "(or use a named volume)")
+    elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", source):
+        raise ValueError(f"volume {value!r}: {source!r} is neither a volume name nor a host path "
+                         f"under {STACK_HOST_ROOT}/")
+    return value
+
+
+def _env_names(env: dict[str, str]) -> dict[str, str]:
+    bad = [k for k in env if not _ENV_NAME.match(k)]
+    if bad:
+        raise ValueError(f"environment variable name(s) {', '.join(map(repr, bad))} are not valid")
+    ours = [k for k in env if k.upper().startswith("PHOENIX_")]
+    if ours:
+        raise ValueError(f"{', '.join(map(repr, ours))}: names starting with PHOENIX_ are Phoenix's own")
+    return env
+
+
+def _secret_refs(env: dict[str, str]) -> dict[str, str]:
+    _env_names(env)
+    for var, ref in env.items():
+        key = ref.partition(":")[2]
+        if not re.fullmatch(r"phoenix:[A-Za-z][A-Za-z0-9_-]*", ref):
+            raise ValueError(f"{var}: {ref!r} must name a Pulumi config secret as phoenix:<key>")
+        if key in PHOENIX_CREDENTIALS:
+            raise ValueError(f"{var}: {ref} is Phoenix's own credential; give the stack a secret of its own")
+        if key in CONFIG_KEYS or key == "catalog":
+            raise ValueError(f"{var}: {ref} is a structured Phoenix setting, not a secret")
+    return env
+
+
+class Compose(Strict):
+    """A service that runs as a Docker compose stack on agent VMs, deployed through Portainer.
+
+    Its certificate, DNS names, mesh router and (if public) gateway server block come from the
+    service entry like any other service's; this block says only what the container is.
+    """
+    #: pinned: ``name:tag`` (not ``latest``) or ``name@sha256:<digest>``.
+    image: Annotated[str, AfterValidator(_pinned_image)]
+    #: the port the application listens on inside its container (the catalog ``port`` is
+    #: what the agent VM serves, with TLS unless ``protocol: http``).
+    container_port: Port
+    #: ``NAME:/path[:ro]`` (a named volume) or ``/srv/phoenix/...:/path[:ro]`` (a host path).
+    volumes: list[Annotated[str, AfterValidator(_stack_volume)]] = Field(default_factory=list)
+    #: plain values (they show in plans and in Portainer).
+    environment: Annotated[dict[str, str], AfterValidator(_env_names)] = Field(default_factory=dict)
+    #: variable -> ``phoenix:<key>``, a Pulumi config secret (``pulumi config set --secret``).
+    secret_environment: Annotated[dict[str, str], AfterValidator(_secret_refs)] = Field(default_factory=dict)
+    #: the container's command, split into words like a shell would (no shell runs it).
+    command: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _compose(self) -> "Compose":
+        import shlex
+        both = sorted(set(self.environment) & set(self.secret_environment))
+        if both:
+            raise ValueError(f"{', '.join(both)} given in both environment and secretEnvironment")
+        if self.command is not None:
+            try:
+                if not shlex.split(self.command):
+                    raise ValueError("command is empty")
+            except ValueError as err:
+                raise ValueError(f"command {self.command!r} does not split into words: {err}")
+        return self
+
+    @property
+    def secret_keys(self) -> list[str]:
+        """The Pulumi config keys (without ``phoenix:``) the stack's secrets come from."""
+        return sorted({ref.partition(":")[2] for ref in self.secret_environment.values()})
+
+
 class Service(Strict):
     name: Label
     #: the guests that run a replica each (one entry per replica).
@@ -192,6 +317,24 @@ class Service(Strict):
     sticky: bool = False
     gpu: bool = False
     run: Optional[Run] = None
+    #: a Docker compose stack on each of ``guests`` (agent VMs), deployed through Portainer.
+    compose: Optional[Compose] = None
+
+    @property
+    def tls_termination(self) -> Optional[str]:
+        """Who serves the TLS of a service Phoenix runs: ``native``, ``sidecar``, or None (plain
+        HTTP, or a service deployed by other means)."""
+        if self.run is None or self.protocol != "https":
+            return None
+        return self.run.tls or ("native" if {"cert", "key"} & self.run.placeholders else None)
+
+    @property
+    def app_port(self) -> int:
+        """The port the service's own process listens on: the catalog port, or behind a TLS
+        sidecar a loopback port (``run.internalPort``, default the catalog port + 10000)."""
+        if self.tls_termination == "sidecar":
+            return self.run.internal_port or self.port + SIDECAR_PORT_OFFSET
+        return self.port
 
 
 class Pki(Strict):
@@ -270,6 +413,8 @@ class Portainer(Strict):
     agent_version: str = "2.21.4"
     admin_user: Label = "admin"
     agent_port: Port = 9001
+    #: the TLS sidecar in front of every compose stack that serves https (nginx, pinned).
+    stack_tls_image: Annotated[str, AfterValidator(_pinned_image)] = "nginx:1.27.3-alpine"
 
 
 class Gpu(Strict):
@@ -309,7 +454,12 @@ class Lab(Strict):
 
     # -- lookups used everywhere -------------------------------------------------------
     def guest(self, name: str) -> Guest:
-        return next(g for g in self.guests if g.name == name)
+        return self._guests_by_name[name]
+
+    @cached_property
+    def _guests_by_name(self) -> dict[str, Guest]:
+        # Lookups by name happen per service and per step: keep them O(1) on large labs.
+        return {g.name: g for g in self.guests}
 
     def role(self, role: str) -> list[Guest]:
         return [g for g in self.guests if g.role == role]
@@ -427,8 +577,55 @@ def cross_checks(lab: Lab) -> list[str]:
         if [n.name for n in lab.proxmox.nodes].count(node.name) > 1:
             out.append(problem(f"phoenix:proxmox.nodes[{i}].name", f"node {node.name!r} is listed twice"))
     out += _service_checks(lab, seen_names)
+    out += _run_tls_checks(lab)
+    out += _compose_checks(lab)
     out += _dns_checks(lab)
     out += _pki_checks(lab)
+    return out
+
+
+def _run_tls_checks(lab: Lab) -> list[str]:
+    """A service Phoenix runs serves TLS itself or behind a sidecar, and says which: plain HTTP
+    to a backend only where the catalog says ``protocol: http``."""
+    out: list[str] = []
+    reserved = _reserved_ports(lab)
+    for i, s in enumerate(lab.services):
+        if s.run is None:
+            continue
+        at, names = f"phoenix:services[{i}].run", s.run.placeholders
+        files = {"cert", "key"} & names
+        if s.protocol == "http":
+            if s.run.tls:
+                out.append(problem(f"{at}.tls", f"is {s.run.tls} but protocol is http (the mesh would speak plain "
+                                   "HTTP to it): remove run.tls, or set protocol: https"))
+            continue
+        mode = s.tls_termination
+        if mode is None:
+            out.append(problem(f"{at}.tls", f"service {s.name!r} has protocol https but its command names no "
+                               "{cert}/{key}, so it cannot serve TLS itself: set run.tls: sidecar (a TLS "
+                               "terminator on its guest), or protocol: http for plain HTTP from the mesh"))
+        elif mode == "native" and files != {"cert", "key"}:
+            out.append(problem(f"{at}.tls", "native TLS needs both {cert} and {key} in the command"))
+        elif mode == "sidecar":
+            if files:
+                out.append(problem(f"{at}.tls", "the sidecar serves TLS; the command must not use {cert}/{key}"))
+            if not {"host", "port"} <= names:
+                out.append(problem(f"{at}.command", "behind a TLS sidecar the service listens on loopback only: "
+                                   "the command must pass {host} and {port} to its listen options"))
+            app = s.app_port
+            if app > 65535:
+                out.append(problem(f"{at}.internalPort", f"the default {s.port} + {SIDECAR_PORT_OFFSET} is not a "
+                                   "port: set run.internalPort"))
+                continue
+            for gname in s.guests:
+                role = next((g.role for g in lab.guests if g.name == gname), None)
+                # another's catalog port, or the loopback port of one listed before (reported once)
+                clash = [o.name for j, o in enumerate(lab.services) if gname in o.guests
+                         and (app == o.port or (j < i and app == o.app_port))]
+                if clash or (role, app) in reserved:
+                    taken = f"service {clash[0]!r}" if clash else f"the {role} tier"
+                    out.append(problem(f"{at}.internalPort", f"loopback port {app} on guest {gname!r} is already "
+                                       f"used by {taken}"))
     return out
 
 
@@ -517,6 +714,31 @@ def _reserved_ports(lab: Lab) -> set[tuple[str, int]]:
             | {("mesh", p) for p in (m.gateway_port, m.internal_port, m.metrics_port, m.dashboard_port)}
             | {("agent", lab.portainer.agent_port)}
             | {(r, 22) for r in ("dns", "gateway", "mesh", "ca", "gpu", "portainer", "agent")})
+
+
+def _compose_checks(lab: Lab) -> list[str]:
+    """Compose stacks run on agent VMs (Docker through Portainer), one stack per agent listed;
+    port 80 of an agent stays free for certbot's HTTP-01 answer to Step-CA."""
+    out: list[str] = []
+    roles = {g.name: g.role for g in lab.guests}
+    for i, s in enumerate(lab.services):
+        at = f"phoenix:services[{i}]"
+        if s.compose is None:
+            if s.port == 80 and any(roles.get(g) == "agent" for g in s.guests):
+                out.append(problem(f"{at}.port", "port 80 of an agent VM is where certbot answers Step-CA's "
+                                   "HTTP-01 challenge; pick another port"))
+            continue
+        if s.run is not None:
+            out.append(problem(f"{at}.compose", "a service runs either as a GPU unit (run) or as a compose "
+                               "stack (compose), not both"))
+        for j, gname in enumerate(s.guests):
+            if gname in roles and roles[gname] != "agent":
+                out.append(problem(f"{at}.guests[{j}]", f"{gname!r} is a {roles[gname]} guest, not an agent VM: "
+                                   "compose stacks run on the agents' Docker through Portainer"))
+        if s.port == 80:
+            out.append(problem(f"{at}.port", "port 80 of an agent VM is where certbot answers Step-CA's HTTP-01 "
+                               "challenge; pick another port"))
+    return out
 
 
 def json_schema() -> dict:

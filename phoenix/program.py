@@ -87,6 +87,9 @@ def missing_secrets(cfg: pulumi.Config, lab: Lab) -> list[str]:
     needed = ["portainerAdminPassword"] if lab.role("portainer") else []
     if cfg.get("proxmoxApiToken") is None:
         needed.insert(0, "proxmoxPassword")
+    from phoenix.render import stacks
+    out += stacks.secret_problems(lab, lambda k: cfg.get(k) is not None,
+                                  lambda k: pulumi.runtime.is_config_secret(f"{NAMESPACE}:{k}"))
     for key in needed:
         if cfg.get(key) is None:
             out.append(problem(f"{NAMESPACE}:{key}", f"required secret is missing ({OPERATOR_SECRETS[key]}); "
@@ -123,6 +126,7 @@ def main() -> None:
     from components.guests import GuestsTier
     from components.mesh import MeshTier
     from components.pki import PkiTier
+    from components.stacks import StacksTier
     from components.trust import TrustTier
     from components.workloads import WorkloadsTier
 
@@ -153,6 +157,7 @@ def main() -> None:
     mesh = MeshTier("mesh", ctx)
     gateway = GatewayTier("gateway", ctx)
     workloads = WorkloadsTier("workloads", ctx)
+    stacks = StacksTier("stacks", ctx)
     FirewallTier("firewall", ctx)
 
     pulumi.export("guests", {g.name: {"id": g.id, "address": str(g.address), "node": g.node,
@@ -164,6 +169,6 @@ def main() -> None:
     pulumi.export("rootCaCertificate", pki.root_cert_pem)
     pulumi.export("caUrl", topo.ca_url)
     pulumi.export("deployPublicKey", guests.deploy_public_key)
-    for tier in (trust, dns, mesh, gateway, workloads):
+    for tier in (trust, dns, mesh, gateway, workloads, stacks):
         for key, value in getattr(tier, "exports", {}).items():
             pulumi.export(key, value)

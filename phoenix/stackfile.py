@@ -24,6 +24,8 @@ class StackConfig:
     values: dict[str, object]
     secret_keys: set[str] = field(default_factory=set)
     root: Path = Path(".")
+    #: secret keys whose value is still ciphertext (``secure:`` in the file): the plan never decrypts.
+    ciphertext: set[str] = field(default_factory=set)
 
     def phoenix(self) -> dict:
         """The ``phoenix:*`` keys as a raw dict for the model (without secrets)."""
@@ -57,7 +59,7 @@ def read_stack_file(path: Path, name: str | None = None) -> StackConfig:
             value = value["secure"]   # ciphertext; the plan never decrypts it
         values[key] = value
     stack = name or path.name.removeprefix("Pulumi.").removesuffix(".yaml")
-    return StackConfig(stack, values, secrets, path.parent)
+    return StackConfig(stack, values, secrets, path.parent, set(secrets))
 
 
 def expand_catalog(raw: dict, root: Path) -> dict:

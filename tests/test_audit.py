@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 
-from conftest import SHIPPED_STACKS, stack_config, shipped_plan
+from conftest import SHIPPED_STACKS, edited, stack_config, shipped_plan
 from phoenix import cli
 from phoenix.audit import Artifacts, audit, collect_artifacts, route_audit
 from phoenix.errors import ConfigError
@@ -34,16 +34,33 @@ def broken(dev, edit) -> list[str]:
 
 
 @pytest.mark.parametrize("stack", SHIPPED_STACKS)
-def test_shipped_stacks_pass_and_the_summary_walks_every_public_route(stack):
+def test_shipped_stacks_pass_and_the_summary_walks_every_hop_of_every_route(stack):
     topo = shipped_plan(stack).topo
     report = route_audit(topo)
     assert report.problems == []
     assert report.lines[0].endswith(": ok")
-    for host in topo.public_hosts:
-        line = next(l for l in report.lines if l.startswith(f"  https://{host}/ "))
-        route = next(r for r in topo.public_routes if r.host == host)
-        assert f":{route.entrypoint.port} (verify {topo.mesh_name})" in line
-        assert all(b.url in line for b in route.backends)
+    lines = report.lines
+    for route in topo.routes:
+        s = topo.service(route.service)
+        head = (f"  https://{route.host}/ -> service {s.name}" if route.public
+                else f"  https://{route.host}:{route.entrypoint.port}/ -> service {s.name} (internal)")
+        i = lines.index(head)
+        hops = 2 if route.public else 1          # client -> gateway -> mesh, or client -> mesh
+        block = lines[i + 1:i + 1 + hops + len(route.backends)]
+        if route.public:
+            assert block[0].startswith(f"    client -> gateway {topo.gateway.address}:443: https, Let's Encrypt")
+            assert block[1] == (f"    gateway -> mesh: https://{topo.mesh.address}:{route.entrypoint.port} (entrypoint "
+                                f"gateway): verify {topo.mesh_name} against the Phoenix root, client certificate")
+        else:
+            assert block[0] == (f"    client -> mesh: https://{topo.mesh.address}:{route.entrypoint.port} (entrypoint "
+                                f"internal): Step-CA certificate for {topo.mesh_name}")
+        for b, line in zip(route.backends, block[-len(route.backends):]):
+            assert line.startswith("    mesh -> backend: router ") and f"-> {b.url}: " in line
+            if b.scheme == "https":
+                assert f": https, verify {topo.replica_tls_name(s, b.guest)} against the Phoenix root; certificate " \
+                       f"{s.name} (" in line
+            else:
+                assert line.endswith(": plain HTTP, not encrypted (protocol: http in the catalog)")
 
 
 def test_artifacts_are_the_tiers_own_outputs(dev):
@@ -151,20 +168,21 @@ def test_router_without_tls_behind_a_tls_gateway_hop(dev):
 def test_gateway_routers_without_client_certificates(dev):
     def edit(art, topo):
         del art.mesh_dynamic["tls"]["options"][MTLS_OPTION]["clientAuth"]
+    topo, _art = dev
     problems = broken(dev, edit)
-    assert problems == [f"route {h}: mesh router {r} on entrypoint gateway does not require a client certificate "
-                        f"from the Phoenix root (TLS option {MTLS_OPTION})"
-                        for h, r in ((HOST, ROUTER), ("portainer.lab.example.com", "portainer-ui-gateway"))]
+    assert problems == [f"route {r.host}: mesh router {r.service}-gateway on entrypoint gateway does not require a "
+                        f"client certificate from the Phoenix root (TLS option {MTLS_OPTION})"
+                        for r in topo.public_routes]
 
 
 def test_sni_router_missing_means_421(dev):
     """Traefik picks TLS options by SNI; the gateway's SNI is the mesh's name (trap 1's cousin)."""
     def edit(art, topo):
         del art.mesh_dynamic["http"]["routers"]["mesh-gateway"]
-    problems = broken(dev, edit)
-    assert len(problems) == 2
-    assert problems[0] == (f"route {HOST}: on entrypoint gateway the gateway's SNI mesh.lab.internal selects TLS "
-                           f"option default but the host selects {MTLS_OPTION}: Traefik would answer 421")
+    topo, _art = dev
+    assert broken(dev, edit) == [f"route {h}: on entrypoint gateway the gateway's SNI mesh.lab.internal selects TLS "
+                                 f"option default but the host selects {MTLS_OPTION}: Traefik would answer 421"
+                                 for h in topo.public_hosts]
 
 
 def test_mesh_firewall_closed_to_the_gateway(dev):
@@ -174,12 +192,128 @@ def test_mesh_firewall_closed_to_the_gateway(dev):
                                     "reach tcp/8443")
 
 
-def test_unverified_tls_backend(dev):
+# -- the scheme and verification of each hop ----------------------------------------------------
+def test_gateway_not_verifying_the_mesh(dev):
+    def edit(art, topo):
+        art.gateway = [dataclasses.replace(b, verify=False) if b.host == HOST else b for b in art.gateway]
+    topo, art = dev
+    assert broken(dev, edit) == [f"route {HOST}: gateway -> mesh: the gateway does not verify the mesh's "
+                                 "certificate (proxy_ssl_verify off)"]
+    art = copy.deepcopy(art)
+    edit(art, topo)
+    assert "    gateway -> mesh: https://10.20.0.12:8443 (entrypoint gateway): NOT verified (proxy_ssl_verify off), " \
+           "client certificate" in audit(topo, art).lines
+
+
+def test_gateway_speaking_plain_http_to_the_mesh(dev):
+    def edit(art, topo):
+        art.gateway = [dataclasses.replace(b, scheme="http", verify=False) if b.host == HOST else b
+                       for b in art.gateway]
+    assert broken(dev, edit) == [
+        f"route {HOST}: gateway -> mesh: the gateway speaks http to the mesh; this hop must be encrypted (https)",
+        f"route {HOST}: the gateway speaks http to mesh entrypoint gateway (8443), which serves https"]
+
+
+def test_public_certificate_not_covering_a_host(dev):
+    def edit(art, topo):
+        art.gateway_certificate = [n for n in art.gateway_certificate if n != HOST]
+    problems = broken(dev, edit)
+    assert len(problems) == 1 and problems[0].startswith(
+        f"route {HOST}: client -> gateway: the gateway's certificate (")
+    assert problems[0].endswith(") does not cover it")
+
+
+def test_wildcard_certificate_covers_one_label_only():
+    from phoenix.audit import covers
+    assert covers("*.ai.example.org", "llm.ai.example.org")
+    assert not covers("*.ai.example.org", "a.llm.ai.example.org")
+    assert not covers("*.ai.example.org", "ai.example.org")
+    assert covers("LLM.ai.example.org.", "llm.ai.example.org")
+
+
+def test_backend_transport_skipping_verification(dev):
     def edit(art, topo):
         art.mesh_dynamic["http"]["serversTransports"]["llm-backend"]["insecureSkipVerify"] = True
-    assert broken(dev, edit) == [f"mesh service llm (llm.lab.internal, chat.lab.internal, {HOST}): TLS backends are "
-                                 "not verified against the Phoenix root with a server name (servers transport "
-                                 "llm-backend)"]
+    assert broken(dev, edit) == ["mesh service llm -> https://10.20.0.20:8000: servers transport llm-backend skips "
+                                 "certificate verification (insecureSkipVerify)"]
+
+
+def test_backend_transport_without_the_phoenix_root(dev):
+    def edit(art, topo):
+        art.mesh_dynamic["http"]["serversTransports"]["llm-backend"]["rootCAs"] = []
+    assert broken(dev, edit) == ["mesh service llm -> https://10.20.0.20:8000: servers transport llm-backend does "
+                                 "not verify against the Phoenix root"]
+
+
+def test_backend_verified_by_a_name_its_certificate_does_not_carry(dev):
+    def edit(art, topo):
+        art.mesh_dynamic["http"]["serversTransports"]["llm-backend"]["serverName"] = "gpu-other.lab.internal"
+    assert broken(dev, edit) == ["mesh service llm -> https://10.20.0.20:8000: servers transport llm-backend verifies "
+                                 "gpu-other.lab.internal, which the certificate llm on gpu-llm does not carry "
+                                 "(llm.lab.internal, chat.lab.internal, gpu-llm.lab.internal)"]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    topo = shipped_plan("cluster").topo
+    return topo, collect_artifacts(topo)
+
+
+def test_replicated_service_verifying_the_shared_name_is_named_per_replica(cluster):
+    """The old design: every replica verified as llm.ai.internal, a name neither can prove."""
+    def edit(art, topo):
+        for g in ("gpu-a", "gpu-b"):
+            art.mesh_dynamic["http"]["serversTransports"][f"llm-{g}-backend"]["serverName"] = "llm.ai.internal"
+    assert broken(cluster, edit) == [
+        f"mesh service llm-{g} -> https://{a}:8000: servers transport llm-{g}-backend verifies llm.ai.internal, "
+        f"which the certificate llm on {g} does not carry ({g}.ai.internal)"
+        for g, a in (("gpu-a", "10.30.0.20"), ("gpu-b", "10.30.0.21"))]
+
+
+def test_one_replica_skipping_verification_is_named_alone(cluster):
+    def edit(art, topo):
+        art.mesh_dynamic["http"]["serversTransports"]["llm-gpu-b-backend"]["insecureSkipVerify"] = True
+    assert broken(cluster, edit) == ["mesh service llm-gpu-b -> https://10.30.0.21:8000: servers transport "
+                                     "llm-gpu-b-backend skips certificate verification (insecureSkipVerify)"]
+
+
+def test_one_replica_on_a_wrong_port_is_named_alone(cluster):
+    def edit(art, topo):
+        art.mesh_dynamic["http"]["services"]["llm-gpu-b"]["loadBalancer"]["servers"] = [
+            {"url": "https://10.30.0.21:8001"}]
+    assert broken(cluster, edit) == ["mesh service llm (llm.ai.internal, llm.ai.example.org): backend "
+                                     "https://10.30.0.21:8001 (no service listens on gpu-b:8001)"]
+
+
+def test_weighted_service_naming_an_undefined_replica(cluster):
+    def edit(art, topo):
+        art.mesh_dynamic["http"]["services"]["llm"]["weighted"]["services"][1]["name"] = "llm-gpu-z"
+    problems = broken(cluster, edit)
+    assert problems[0].startswith("mesh service llm: service 'llm-gpu-z' is not defined (defined: ")
+    assert len(problems) == 1
+
+
+def test_health_propagation_needs_a_check_on_every_replica(cluster):
+    """Traefik refuses a weighted service with healthCheck over a child without one."""
+    def edit(art, topo):
+        del art.mesh_dynamic["http"]["services"]["llm-gpu-a"]["loadBalancer"]["healthCheck"]
+    assert broken(cluster, edit) == ["mesh service llm: propagates health, but its service llm-gpu-a has no "
+                                     "health check"]
+
+
+def test_plain_http_backend_where_the_catalog_says_https(dev):
+    def edit(art, topo):
+        art.mesh_dynamic["http"]["services"]["llm"]["loadBalancer"]["servers"] = [{"url": "http://10.20.0.20:8000"}]
+    assert broken(dev, edit) == [
+        f"mesh service llm (llm.lab.internal, chat.lab.internal, {HOST}): no usable backend: "
+        "http://10.20.0.20:8000 (gpu-llm:8000 speaks https, not http)"]
+
+
+def test_internal_router_without_tls(dev):
+    def edit(art, topo):
+        del art.mesh_dynamic["http"]["routers"]["llm-internal"]["tls"]
+    assert broken(dev, edit) == ["route llm.lab.internal: client -> mesh: router llm-internal on entrypoint internal "
+                                 "has no TLS section, so clients' TLS requests never reach it (404)"]
 
 
 def test_resolver_not_pointing_at_step_ca(dev):
@@ -192,8 +326,30 @@ def test_resolver_not_pointing_at_step_ca(dev):
 
 def test_plain_http_backends_are_warned_about():
     report = route_audit(shipped_plan("cluster").topo)
-    assert "mesh service ollama: the mesh reaches http://10.30.0.21:11434 over plain HTTP " \
-           "(protocol: http in the catalog)" in report.warnings
+    assert report.warnings == ["mesh service ollama: the mesh reaches http://10.30.0.21:11434 over plain HTTP "
+                               "(protocol: http in the catalog)"]
+    assert route_audit(shipped_plan("dev").topo).warnings == []
+
+
+def test_phoenix_plan_prints_a_warning_for_each_plain_http_hop(tmp_path, capsys):
+    """Each backend the catalog marks protocol: http is one warning line of `phoenix plan`."""
+    assert cli.main(["plan", "--stack", "cluster", "--out", str(tmp_path / "cluster")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("over plain HTTP") == 1
+    assert "warning: mesh service ollama: the mesh reaches http://10.30.0.21:11434 over plain HTTP " \
+           "(protocol: http in the catalog)" in out
+    assert "mesh -> backend: router ollama-internal -> service ollama -> http://10.30.0.21:11434: plain HTTP" in out
+
+    def embed_in_plain_http(raw):
+        embed = next(s for s in raw["services"] if s["name"] == "embed")
+        embed["protocol"] = "http"
+        del embed["run"]["tls"]
+    summary = make_plan(edited("cluster", embed_in_plain_http)).summary()
+    assert [line for line in summary.splitlines() if "over plain HTTP" in line] == [
+        "warning: mesh service embed: the mesh reaches http://10.30.0.22:8001 over plain HTTP (protocol: http in "
+        "the catalog)",
+        "warning: mesh service ollama: the mesh reaches http://10.30.0.21:11434 over plain HTTP (protocol: http in "
+        "the catalog)"]
 
 
 # -- the audit gates the program and the CLI --------------------------------------------------
@@ -208,7 +364,8 @@ def test_a_broken_route_stops_the_plan_before_any_resource(monkeypatch):
 
 def test_validate_prints_the_audit_and_exits_2_on_a_broken_hop(monkeypatch, capsys):
     assert cli.main(["validate", "--stack", "dev"]) == 0
-    assert f"  https://{HOST}/ -> gateway -> https://10.20.0.12:8443" in capsys.readouterr().out
+    assert "    gateway -> mesh: https://10.20.0.12:8443 (entrypoint gateway): verify mesh.lab.internal against " \
+           "the Phoenix root, client certificate" in capsys.readouterr().out
     real = gateway.server_blocks
     monkeypatch.setattr(gateway, "server_blocks", lambda topo: [b for b in real(topo) if b.host != HOST])
     assert cli.main(["validate", "--stack", "dev"]) == 2

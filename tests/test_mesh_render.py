@@ -79,7 +79,11 @@ def test_routers_live_in_the_dynamic_file_and_every_reference_is_defined(stack):
             assert r["tls"]["certResolver"] in static["certificatesResolvers"], name
             assert r["tls"].get("options", "default") in dynamic["tls"]["options"], name
     for name, s in http["services"].items():
-        assert s["loadBalancer"]["serversTransport"] in http["serversTransports"], name
+        assert set(s) in ({"loadBalancer"}, {"weighted"}), name
+        if "loadBalancer" in s:
+            assert s["loadBalancer"]["serversTransport"] in http["serversTransports"], name
+        else:
+            assert {c["name"] for c in s["weighted"]["services"]} <= set(http["services"]), name
     assert static["ping"]["entryPoint"] in static["entryPoints"]
     assert static["metrics"]["prometheus"]["entryPoint"] in static["entryPoints"]
     acme = static["certificatesResolvers"][mesh.RESOLVER]["acme"]
@@ -168,6 +172,16 @@ def test_gateway_routers_require_a_client_certificate_from_the_phoenix_root(stac
     assert [r["tls"]["options"] for r in sni] == [mesh.MTLS_OPTION]
 
 
+def _transport_checks(topo, s, transport, guest):
+    assert transport["forwardingTimeouts"]["responseHeaderTimeout"] == f"{s.timeout}s"
+    if s.protocol == "https":
+        assert transport["serverName"] == topo.replica_tls_name(s, guest)
+        assert transport["rootCAs"] == [ROOT_CA_TRUST_PATH]
+        assert transport["insecureSkipVerify"] is False
+    else:
+        assert "serverName" not in transport and "rootCAs" not in transport
+
+
 def test_services_balance_every_replica_with_health_checks_and_model_limits(stack):
     _plan, topo, _static, dynamic, _files = stack
     http = dynamic["http"]
@@ -175,22 +189,68 @@ def test_services_balance_every_replica_with_health_checks_and_model_limits(stac
     assert http["middlewares"][mesh.RETRY] == {"retry": {"attempts": m.retry_attempts, "initialInterval": "100ms"}}
     assert http["middlewares"][mesh.CIRCUIT_BREAKER] == {"circuitBreaker": {"expression": m.circuit_breaker}}
     for s in topo.lab.services:
-        lb = http["services"][s.name]["loadBalancer"]
-        assert [srv["url"] for srv in lb["servers"]] == [b.url for b in topo.backends(s)]
-        assert len(lb["servers"]) == len(s.guests)
-        assert lb["healthCheck"]["path"] == s.health
-        assert lb["healthCheck"]["interval"] == m.health_interval
-        assert ("sticky" in lb) == s.sticky
+        if len(s.guests) == 1:      # one replica: one load balancer verifying the service's own name
+            lb = http["services"][s.name]["loadBalancer"]
+            assert [srv["url"] for srv in lb["servers"]] == [b.url for b in topo.backends(s)]
+            assert ("sticky" in lb) == s.sticky
+            balancers = {s.guests[0]: lb}
+        else:                       # replicas: a weighted service over one load balancer each
+            weighted = http["services"][s.name]["weighted"]
+            assert weighted["services"] == [{"name": mesh.replica_service_name(s.name, g), "weight": 1}
+                                            for g in s.guests]
+            assert weighted["healthCheck"] == {}         # a failing replica leaves the rotation
+            assert ("sticky" in weighted) == s.sticky
+            balancers = {g: http["services"][mesh.replica_service_name(s.name, g)]["loadBalancer"]
+                         for g in s.guests}
+            for b in topo.backends(s):
+                assert [srv["url"] for srv in balancers[b.guest]["servers"]] == [b.url]
+                assert "sticky" not in balancers[b.guest]
+        for guest, lb in balancers.items():
+            assert lb["healthCheck"]["path"] == s.health
+            assert lb["healthCheck"]["interval"] == m.health_interval
+            assert lb["passHostHeader"] is True
+            assert ("responseForwarding" in lb) == s.streaming
+            _transport_checks(topo, s, http["serversTransports"][lb["serversTransport"]], guest)
+        sticky = (http["services"][s.name].get("loadBalancer") or http["services"][s.name]["weighted"]).get("sticky")
         if s.sticky:
-            assert lb["sticky"]["cookie"]["secure"] and lb["sticky"]["cookie"]["httpOnly"]
-        transport = http["serversTransports"][lb["serversTransport"]]
-        assert transport["forwardingTimeouts"]["responseHeaderTimeout"] == f"{s.timeout}s"
-        if s.protocol == "https":
-            assert transport["serverName"] == topo.backend_tls_name(s)
-            assert transport["rootCAs"] == [ROOT_CA_TRUST_PATH]
-            assert transport["insecureSkipVerify"] is False
-        else:
-            assert "serverName" not in transport and "rootCAs" not in transport
+            assert sticky["cookie"]["secure"] and sticky["cookie"]["httpOnly"]
+
+
+def test_each_replica_of_a_replicated_service_is_verified_by_its_own_guests_name():
+    """No replica can prove the shared service name by HTTP-01: the mesh verifies guest names."""
+    topo = shipped_plan("cluster").topo
+    http = mesh.dynamic_config(topo)["http"]
+    llm = topo.service("llm")
+    assert llm.guests == ["gpu-a", "gpu-b"]
+    names = {g: http["serversTransports"][http["services"][f"llm-{g}"]["loadBalancer"]["serversTransport"]]
+             ["serverName"] for g in llm.guests}
+    assert names == {"gpu-a": "gpu-a.ai.internal", "gpu-b": "gpu-b.ai.internal"}
+    # a service that runs once keeps its own name
+    embed = http["services"]["embed"]["loadBalancer"]["serversTransport"]
+    assert http["serversTransports"][embed]["serverName"] == "embed.ai.internal"
+
+
+def test_a_catalog_service_named_like_a_replica_is_refused():
+    from conftest import edited
+    from phoenix.errors import ConfigError
+    from phoenix.model import parse_lab
+    from phoenix.stackfile import expand_catalog
+    from phoenix.topology import build
+
+    def clash(raw):
+        raw["services"].append({"name": "llm-gpu-a", "guests": ["gpu-c"], "port": 8100, "protocol": "http"})
+    stack = edited("cluster", clash)
+    topo = build(parse_lab(expand_catalog(stack.phoenix(), stack.root)))
+    with pytest.raises(ConfigError) as err:
+        mesh.dynamic_config(topo)
+    index = len(topo.lab.services) - 1
+    assert err.value.problems == [f"phoenix:services[{index}].name: the mesh service 'llm-gpu-a' is generated "
+                                  "for both service 'llm' and service 'llm-gpu-a' (a replica's name is "
+                                  "<service>-<guest>); rename one"]
+    # before anything is created: the plan refuses the stack
+    from phoenix.plan import make_plan
+    with pytest.raises(ConfigError):
+        make_plan(stack)
 
 
 def test_health_check_list_names_every_router_service_and_backend(stack):
@@ -199,6 +259,8 @@ def test_health_check_list_names_every_router_service_and_backend(stack):
     assert {f"{n}@file" for n in dynamic["http"]["routers"]} <= set(lines)
     assert {f"{n}@file" for n in dynamic["http"]["services"]} <= set(lines)
     assert {b.url for s in topo.lab.services for b in topo.backends(s)} <= set(lines)
+    assert {f"{mesh.replica_service_name(s.name, g)}@file" for s in topo.lab.services if len(s.guests) > 1
+            for g in s.guests} <= set(lines)
 
 
 # -- unit and scripts ---------------------------------------------------------------------------

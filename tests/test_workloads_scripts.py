@@ -12,7 +12,8 @@ from conftest import shipped_plan
 from phoenix.plan.writer import pushed_files
 
 #: the workloads tier's own steps (the certificate steps in it belong to the trust tier).
-OWN_STEP = re.compile(r"-(gpu-driver|svc-[\w-]+|portainer-server|portainer-agent|register-[\w-]+)$")
+OWN_STEP = re.compile(r"-(gpu-driver|svc-[\w-]+|tls-sidecar|tls-sidecar-install|portainer-server|portainer-agent|"
+                      r"register-[\w-]+)$")
 
 
 def workload_scripts(plan) -> dict[str, str]:
@@ -35,6 +36,8 @@ def test_generated_scripts_pass_shellcheck(stack, tmp_path):
     names = {k.rsplit("/", 1)[-1] for k in scripts}
     assert {"gpu-driver.sh", "wait-gpu-devices", "portainer-server.sh", "portainer-api.sh",
             "portainer-agent.sh"} <= names and any(n.startswith("register-") for n in names)
+    if stack == "cluster":       # gpu-c runs services behind the TLS sidecar
+        assert {"tls-sidecar-install.sh", "tls-sidecar-health.sh"} <= names
     paths = []
     for i, (name, text) in enumerate(sorted(scripts.items())):
         path = tmp_path / f"{i:03d}-{name.replace('/', '_').replace(':', '_')}"

@@ -22,12 +22,14 @@ def with_placeholder_secrets(stack: StackConfig) -> tuple[StackConfig, list[str]
     warnings = []
     values, secret_keys = dict(stack.values), set(stack.secret_keys)
     lab = parse_lab(expand_catalog(stack.phoenix(), stack.root))
+    from phoenix.render.stacks import required_secrets
     needed = ["portainerAdminPassword"] if lab.role("portainer") else []
+    needed += sorted(required_secrets(lab))
     if f"{NAMESPACE}:proxmoxApiToken" not in values:
         needed.insert(0, "proxmoxPassword")
     for key in needed:
         full = f"{NAMESPACE}:{key}"
-        if full not in values or full in stack.secret_keys:
+        if full not in values or full in stack.ciphertext:
             # Not set, or set as ciphertext the plan cannot decrypt: plan with a placeholder.
             if full not in values:
                 warnings.append(f"{full} is not set: planned with a placeholder; set it with "
@@ -35,7 +37,8 @@ def with_placeholder_secrets(stack: StackConfig) -> tuple[StackConfig, list[str]
             # Derived, not random: two plans of one config must be byte-identical.
             values[full] = "plan-placeholder-" + hashlib.sha256(f"{stack.name}:{full}".encode()).hexdigest()[:24]
             secret_keys.add(full)
-    return StackConfig(stack.name, values, secret_keys, stack.root), warnings
+    return StackConfig(stack.name, values, secret_keys, stack.root,
+                       stack.ciphertext - set(f"{NAMESPACE}:{k}" for k in needed)), warnings
 
 
 def make_plan(stack: StackConfig, facts: Optional[dict[str, str]] = None):

@@ -16,15 +16,25 @@ TLS option, defined in the same dynamic file. Traefik picks TLS options by SNI f
 routers' Host rules and answers 421 when a request's Host maps to other options than its
 SNI. The gateway connects with SNI ``mesh_name``, so a router for ``Host(mesh_name)`` with
 the same option sits on that entrypoint (it serves the mesh's ping to the gateway).
+
+Backends. Every TLS backend is verified against the Phoenix root with a name its certificate
+carries (``topo.replica_tls_name``): a service that runs once is verified as the service's
+name. A replicated service's name resolves to every replica, so no replica can prove it by
+HTTP-01; each replica gets a load balancer of its own (``<service>-<guest>``) whose servers
+transport verifies the guest's name, and a ``weighted`` service under the service's name joins
+them, holding the sticky cookie and following the replicas' health checks.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
 import yaml
 
+from phoenix.errors import ConfigError, problem
 from phoenix.model import Service
 from phoenix.render import render
-from phoenix.topology import ROOT_CA_TRUST_PATH, Route, Topology
+from phoenix.topology import ROOT_CA_TRUST_PATH, Backend, Route, Topology
 
 # -- where things live on the mesh guest ------------------------------------------------------
 BINARY = "/usr/local/bin/traefik"
@@ -68,8 +78,14 @@ def service_name(service: str) -> str:
     return service
 
 
-def transport_name(service: str) -> str:
-    return f"{service}-backend"
+def replica_service_name(service: str, guest: str) -> str:
+    """A replicated service's load balancer for the replica on ``guest`` (see ``_replicated``)."""
+    return f"{service}-{guest}"
+
+
+def transport_name(service: str, guest: Optional[str] = None) -> str:
+    """The servers transport of a service's backends, or of one replica's when it is replicated."""
+    return f"{service if guest is None else replica_service_name(service, guest)}-backend"
 
 
 def mesh_router_name(entrypoint: str) -> str:
@@ -162,30 +178,77 @@ def route_hosts(topo: Topology, route: Route) -> list[str]:
     return [route.host] + [topo.fqdn(a) for a in topo.service(route.service).aliases]
 
 
-def _load_balancer(topo: Topology, s: Service) -> dict:
-    m = topo.lab.mesh
+def _health_check(topo: Topology, s: Service) -> dict:
+    return {"path": s.health, "interval": topo.lab.mesh.health_interval, "timeout": "5s"}
+
+
+def _sticky(s: Service) -> dict:
+    return {"cookie": {"name": f"phoenix_{s.name.replace('-', '_')}", "secure": True, "httpOnly": True,
+                       "sameSite": "lax"}}
+
+
+def _load_balancer(topo: Topology, s: Service, backends: tuple[Backend, ...], transport: str) -> dict:
     lb: dict = {
-        "servers": [{"url": b.url} for b in topo.backends(s)],
-        "healthCheck": {"path": s.health, "interval": m.health_interval, "timeout": "5s"},
+        "servers": [{"url": b.url} for b in backends],
+        "healthCheck": _health_check(topo, s),
         "passHostHeader": True,
-        "serversTransport": transport_name(s.name),
+        "serversTransport": transport,
     }
     if s.streaming:
         # Tokens reach the client as they are written (server-sent events and chunked streams).
         lb["responseForwarding"] = {"flushInterval": "-1ms"}
-    if s.sticky:
-        lb["sticky"] = {"cookie": {"name": f"phoenix_{s.name.replace('-', '_')}", "secure": True,
-                                   "httpOnly": True, "sameSite": "lax"}}
     return lb
 
 
-def _transport(topo: Topology, s: Service) -> dict:
+def _transport(topo: Topology, s: Service, guest: str) -> dict:
     transport: dict = {"forwardingTimeouts": {"dialTimeout": "5s", "responseHeaderTimeout": f"{s.timeout}s",
                                               "idleConnTimeout": "90s"}}
     if s.protocol == "https":
-        transport.update(serverName=topo.backend_tls_name(s), rootCAs=[ROOT_CA_TRUST_PATH],
+        transport.update(serverName=topo.replica_tls_name(s, guest), rootCAs=[ROOT_CA_TRUST_PATH],
                          insecureSkipVerify=False)
     return transport
+
+
+def _replicated(s: Service) -> bool:
+    """Several replicas: one load balancer per replica, each verifying its own guest's name
+    (no replica can prove the shared service name by HTTP-01), joined by a weighted service
+    that keeps the sticky cookie and follows the replicas' health checks."""
+    return len(s.guests) > 1
+
+
+def mesh_services(topo: Topology, s: Service) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(services, servers transports) that carry one catalog service."""
+    backends = topo.backends(s)
+    if not _replicated(s):
+        lb = _load_balancer(topo, s, backends, transport_name(s.name))
+        if s.sticky:
+            lb["sticky"] = _sticky(s)
+        return ({service_name(s.name): {"loadBalancer": lb}},
+                {transport_name(s.name): _transport(topo, s, backends[0].guest)})
+    weighted: dict = {"services": [{"name": replica_service_name(s.name, b.guest), "weight": 1} for b in backends],
+                      # {} turns on health propagation: an unhealthy replica leaves the rotation.
+                      "healthCheck": {}}
+    if s.sticky:
+        weighted["sticky"] = _sticky(s)
+    services = {service_name(s.name): {"weighted": weighted}}
+    transports = {}
+    for b in backends:
+        services[replica_service_name(s.name, b.guest)] = {
+            "loadBalancer": _load_balancer(topo, s, (b,), transport_name(s.name, b.guest))}
+        transports[transport_name(s.name, b.guest)] = _transport(topo, s, b.guest)
+    return services, transports
+
+
+def _add_unique(into: dict, owners: dict[str, str], new: dict, what: str, owner: Service, topo: Topology) -> None:
+    """A generated name must not shadow another (a catalog service named like another's replica)."""
+    for name, value in new.items():
+        if name in into:
+            index = topo.lab.services.index(owner)
+            raise ConfigError([problem(f"phoenix:services[{index}].name",
+                                       f"the mesh {what} {name!r} is generated for both service {owners[name]!r} "
+                                       f"and service {owner.name!r} (a replica's name is <service>-<guest>); "
+                                       "rename one")])
+        into[name], owners[name] = value, owner.name
 
 
 def dynamic_config(topo: Topology) -> dict:
@@ -221,8 +284,14 @@ def dynamic_config(topo: Topology) -> dict:
         "rule": "ClientIP(`127.0.0.1`) && PathPrefix(`/api`)",
         "service": "api@internal",
     }
-    services = {service_name(s.name): {"loadBalancer": _load_balancer(topo, s)} for s in lab.services}
-    transports = {transport_name(s.name): _transport(topo, s) for s in lab.services}
+    services: dict[str, dict] = {}
+    transports: dict[str, dict] = {}
+    service_owners: dict[str, str] = {}
+    transport_owners: dict[str, str] = {}
+    for s in lab.services:
+        svcs, trans = mesh_services(topo, s)
+        _add_unique(services, service_owners, svcs, "service", s, topo)
+        _add_unique(transports, transport_owners, trans, "servers transport", s, topo)
     middlewares = {
         RETRY: {"retry": {"attempts": lab.mesh.retry_attempts, "initialInterval": "100ms"}},
         CIRCUIT_BREAKER: {"circuitBreaker": {"expression": lab.mesh.circuit_breaker}},
@@ -271,7 +340,8 @@ def expected_entries(topo: Topology) -> list[str]:
     every router and service by its provider-qualified name, and every backend URL."""
     dyn = dynamic_config(topo)["http"]
     out = [f"{name}@file" for name in (*dyn["routers"], *dyn["services"])]
-    out += [srv["url"] for svc in dyn["services"].values() for srv in svc["loadBalancer"]["servers"]]
+    balancers = [svc["loadBalancer"] for svc in dyn["services"].values() if "loadBalancer" in svc]
+    out += [srv["url"] for lb in balancers for srv in lb["servers"]]
     return list(dict.fromkeys(out))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import shlex
+from dataclasses import dataclass
 from typing import Optional
 
 import yaml
@@ -18,6 +19,7 @@ from phoenix.render import config_text, render
 from phoenix.topology import Topology, gpu_device_paths, tls_paths
 
 WAIT_DEVICES = f"{SCRIPTS}/wait-gpu-devices"
+LOOPBACK = "127.0.0.1"
 #: how long a GPU service's start waits for its device nodes.
 DEVICE_WAIT_SECONDS = 60
 #: how long a deploy waits for a GPU service's health (fetching and loading a model is slow).
@@ -86,17 +88,24 @@ def systemd_quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def listen_host(service: Service) -> str:
+    """Where the service's own process listens: loopback only behind a TLS sidecar."""
+    return LOOPBACK if service.tls_termination == "sidecar" else "0.0.0.0"
+
+
 def service_argv(service: Service) -> list[str]:
     """The catalog's command split into words, each placeholder filled in."""
     tls = tls_paths(service.name)
-    values = {"model": service.run.model or "", "port": service.port, "cert": tls.cert, "key": tls.key}
+    values = {"model": service.run.model or "", "port": service.app_port, "cert": tls.cert, "key": tls.key,
+              "host": listen_host(service)}
     return [word.format(**values) for word in shlex.split(service.run.command)]
 
 
-def service_url(topo: Topology, service: Service) -> tuple[str, str]:
-    """(URL of the health path as the guest checks itself, curl's TLS options)."""
+def service_url(topo: Topology, service: Service, guest: Guest) -> tuple[str, str]:
+    """(URL of the health path as the guest checks itself, curl's TLS options): over TLS by the
+    name the mesh verifies on this replica, through the sidecar where there is one."""
     if service.protocol == "https":
-        name = topo.service_fqdn(service)
+        name = topo.replica_tls_name(service, guest.name)
         return (f"https://{name}:{service.port}{service.health}",
                 f"--resolve {_q(f'{name}:{service.port}:127.0.0.1')} --cacert {_q(tls_paths(service.name).root)}")
     return f"http://127.0.0.1:{service.port}{service.health}", ""
@@ -104,7 +113,7 @@ def service_url(topo: Topology, service: Service) -> tuple[str, str]:
 
 def gpu_service_files(topo: Topology, service: Service, guest: Guest) -> list[GuestFile]:
     user, unit = service_user(service), unit_name(service)
-    url, curl_tls = service_url(topo, service)
+    url, curl_tls = service_url(topo, service, guest)
     env = [systemd_quote(f"{k}={v}") for k, v in sorted(service.run.environment.items())]
     return [
         GuestFile(f"/etc/systemd/system/{unit}", render(
@@ -145,13 +154,121 @@ def gpu_service_hooks(service: Service) -> dict[str, str]:
 
 def needs_certificate(service: Service) -> bool:
     """A replica speaking TLS (or naming {cert}/{key}) gets its own certificate from Step-CA."""
-    return service.protocol == "https" or any(f"{{{p}}}" in service.run.command for p in ("cert", "key"))
+    return service.protocol == "https" or bool({"cert", "key"} & service.run.placeholders)
 
 
 def certificate_names(topo: Topology, service: Service, guest: Guest) -> list[str]:
-    """What a replica's certificate carries: the names the mesh and clients use, and its address."""
-    names = [topo.service_fqdn(service)] + [topo.fqdn(a) for a in service.aliases]
-    return names + [topo.guest_fqdn(guest), str(guest.address)]
+    """What a replica's certificate carries: names that replica can prove by ACME HTTP-01 (they
+    resolve to it alone). Always its guest's name; the service's name and aliases only when the
+    service runs once (a replicated service's name resolves to every replica). The mesh verifies
+    one of them (``topo.replica_tls_name``)."""
+    own = [topo.guest_fqdn(guest)]
+    if len(service.guests) > 1:
+        return own
+    return [topo.service_fqdn(service)] + [topo.fqdn(a) for a in service.aliases] + own
+
+
+@dataclass(frozen=True)
+class BackendCertificate:
+    """The certificate one TLS backend (a service's replica on a guest's port) serves."""
+    service: str
+    guest: str
+    port: int
+    name: str                  # its tls_paths() name, and the certificate step's
+    sans: tuple[str, ...]
+    terminator: str            # native (the service itself), sidecar, or container
+
+
+def backend_certificates(topo: Topology) -> dict[tuple[str, int], BackendCertificate]:
+    """(guest, port) -> the certificate served there, for every TLS backend Phoenix deploys: GPU
+    services (natively or behind the sidecar), Portainer's UI, and compose stacks on the agents
+    (their nginx container; ``phoenix.render.stacks``). The route audit checks the name the mesh
+    verifies against these."""
+    from phoenix.render import stacks   # it imports this module
+    out = {}
+    for s, agent in stacks.stacks(topo):
+        if stacks.serves_tls(s):
+            out[(agent.name, s.port)] = BackendCertificate(s.name, agent.name, s.port, stacks.certificate_name(s),
+                                                           tuple(certificate_names(topo, s, agent)), "compose sidecar")
+    for g in gpu_lxcs(topo):
+        for s in gpu_services_on(topo, g):
+            if s.protocol == "https" and needs_certificate(s):
+                out[(g.name, s.port)] = BackendCertificate(s.name, g.name, s.port, s.name,
+                                                           tuple(certificate_names(topo, s, g)), s.tls_termination)
+    ui = portainer_ui(topo)
+    if ui is not None and ui.protocol == "https":
+        p = topo.portainer
+        out[(p.name, ui.port)] = BackendCertificate(ui.name, p.name, ui.port, portainer_tls_name(topo),
+                                                    tuple(portainer_certificate_names(topo)), "container")
+    return out
+
+
+# -- the TLS sidecar (run.tls: sidecar) ----------------------------------------------------------
+SIDECAR_CONF = "/etc/nginx/nginx.conf"
+SIDECAR_HEALTH = f"{SCRIPTS}/tls-sidecar-health.sh"
+SIDECAR_PACKAGES = ("nginx", "libnginx-mod-stream")
+SIDECAR_CHECK = "nginx -t -q"
+SIDECAR_RELOAD = "systemctl enable --quiet nginx && systemctl reload-or-restart nginx"
+#: seconds an idle proxied connection stays open: longer than the mesh keeps idle connections
+#: (serversTransport idleConnTimeout 90s), so the mesh closes them first.
+SIDECAR_IDLE_SECONDS = 120
+#: how long the sidecar's health check waits for its ports after a (re)load.
+SIDECAR_HEALTH_WAIT = 30
+#: Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's defaults), no DHE.
+SIDECAR_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+
+
+@dataclass(frozen=True)
+class Sidecar:
+    """One port the TLS sidecar serves on a guest, in front of a service on loopback."""
+    service: str
+    port: int                  # the catalog port: what the mesh dials
+    app_port: int              # where the service listens, on 127.0.0.1
+    tls_name: str              # the name the mesh verifies there
+    cert: str
+    key: str
+    idle_timeout: int
+
+
+def sidecars_on(topo: Topology, guest: Guest) -> list[Sidecar]:
+    return [Sidecar(s.name, s.port, s.app_port, topo.replica_tls_name(s, guest.name), tls_paths(s.name).cert,
+                    tls_paths(s.name).key, max(s.timeout, SIDECAR_IDLE_SECONDS))
+            for s in gpu_services_on(topo, guest) if s.tls_termination == "sidecar"]
+
+
+def sidecar_conf(topo: Topology, guest: Guest) -> str:
+    return render("workloads/tls-sidecar-nginx.conf.j2", guest=guest.name, sidecars=sidecars_on(topo, guest),
+                  ciphers=SIDECAR_CIPHERS, loopback=LOOPBACK)
+
+
+def sidecar_health_script(topo: Topology, guest: Guest) -> str:
+    return render("workloads/tls-sidecar-health.sh.j2", q=_q, guest=guest.name, sidecars=sidecars_on(topo, guest),
+                  root=tls_paths("phoenix").root, wait=SIDECAR_HEALTH_WAIT)
+
+
+def sidecar_install_script(guest: Guest) -> str:
+    return render("workloads/tls-sidecar-install.sh.j2", guest=guest.name, packages=SIDECAR_PACKAGES)
+
+
+def sidecar_files(topo: Topology, guest: Guest) -> list[GuestFile]:
+    return [GuestFile(SIDECAR_CONF, sidecar_conf(topo, guest)),
+            GuestFile(SIDECAR_HEALTH, sidecar_health_script(topo, guest), 0o755)]
+
+
+def sidecar_hooks() -> dict[str, str]:
+    """phoenix-apply's hooks for the sidecar's files: nginx's own test, reload, every port's certificate."""
+    return {"check": SIDECAR_CHECK, "reload": SIDECAR_RELOAD, "health": f"bash {SIDECAR_HEALTH}"}
+
+
+def certificate_hooks(service: Service) -> dict[str, str]:
+    """What a renewed certificate runs: the sidecar's config test and reload, or the service's restart."""
+    if service.tls_termination == "sidecar":
+        return {"group": "root", "check": SIDECAR_CHECK, "reload": "systemctl reload-or-restart nginx"}
+    return {"group": service_user(service), "check": "", "reload": f"systemctl try-restart {unit_name(service)}"}
 
 
 # -- Portainer ---------------------------------------------------------------------------------
@@ -169,7 +286,7 @@ def portainer_tls_name(topo: Topology) -> str:
 def portainer_certificate_names(topo: Topology) -> list[str]:
     ui = portainer_ui(topo)
     p = topo.portainer
-    return certificate_names(topo, ui, p) if ui else [topo.guest_fqdn(p), str(p.address)]
+    return certificate_names(topo, ui, p) if ui else [topo.guest_fqdn(p)]
 
 
 def portainer_api_url(topo: Topology) -> tuple[str, str]:

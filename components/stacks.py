@@ -1,0 +1,87 @@
+"""StacksTier: the catalog's compose stacks, one per (service, agent VM), through Portainer.
+
+Per stack:
+
+* on the agent VM, a Step-CA certificate for the agent's name (and the service's names where
+  HTTP-01 can prove them), by the trust tier's ``internal_certificate``; certbot answers on
+  the agent's port 80, which no stack may publish, and one certificate at a time per agent;
+* on the Portainer VM, a deploy step that sends the stack to Portainer's API for the agent's
+  environment: created, updated in place when its compose file or secrets change, left alone
+  otherwise, removed by the step's delete. It waits for the agent's registration and for the
+  certificate (the sidecar bind-mounts its files; a missing file would become a directory).
+
+The stack's secrets (``secretEnvironment``: Pulumi config secrets) travel only inside the
+step's bundle, a secret Output on stdin, and reach Portainer in the request body on stdin.
+DNS names, the mesh router and the gateway's server block come from the same catalog entry
+through the other tiers.
+"""
+
+from __future__ import annotations
+
+
+import pulumi
+from pulumi_command import remote
+
+from components.base import Context, push
+from components.workloads import service_certificate
+from phoenix.render import stacks as st
+from phoenix.render.workloads import certificate_names
+from phoenix.stackfile import NAMESPACE
+
+
+def stack_secrets(ctx: Context) -> dict[str, pulumi.Output]:
+    """Every secret the stacks name, as secret Outputs from the stack's config.
+
+    ``phoenix.program.load`` has refused a missing or plain one already, before any resource
+    exists; the offline plan gives missing ones a placeholder (``phoenix.plan``).
+    """
+    cfg = pulumi.Config(NAMESPACE)
+    return {key: cfg.require_secret(key) for key in st.required_secrets(ctx.lab)}
+
+
+class StacksTier(pulumi.ComponentResource):
+    def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
+        topo = ctx.topo
+        pairs = st.stacks(topo)
+        secrets = stack_secrets(ctx) if pairs else {}   # a missing secret: nothing of the tier exists
+        super().__init__("phoenix:tier:Stacks", name, None, opts)
+        self.exports: dict = {}
+        self.certificates: dict[tuple[str, str], pulumi.Resource] = {}
+        self.deployments: dict[tuple[str, str], remote.Command] = {}
+        if pairs:
+            self._deploy(ctx, pairs, secrets)
+            self.exports["composeStacks"] = {
+                s.name: {"stack": st.stack_name(s), "agents": list(s.guests)} for s in st.compose_services(topo)}
+        ctx.facts["stacks"] = self
+        self.register_outputs({})
+
+    def _deploy(self, ctx: Context, pairs, secrets: dict[str, pulumi.Output]) -> None:
+        topo = ctx.topo
+        portainer = ctx.handle(topo.portainer.name)
+        # The workloads tier's registration step per agent (when it publishes them; without
+        # it, the deploy script waits for the environment to appear in Portainer).
+        registrations = ctx.facts.get(st.REGISTRATIONS_FACT) or {}
+        last_cert: dict[str, pulumi.Resource] = {}
+        for s, agent in pairs:
+            handle = ctx.handle(agent.name)
+            waits: list[pulumi.Resource] = []
+            if st.serves_tls(s):
+                # One certificate at a time per agent: each HTTP-01 answer binds its port 80.
+                cert = service_certificate(
+                    ctx, handle, st.certificate_name(s), certificate_names(topo, s, agent), group="root",
+                    reload=st.certificate_reload(s), parent=self,
+                    depends_on=[last_cert[agent.name]] if agent.name in last_cert else [])
+                last_cert[agent.name] = cert
+                self.certificates[(s.name, agent.name)] = cert
+                waits.append(cert)
+            registration = registrations.get(agent.name)
+            waits += [registration] if registration is not None else list(handle.ready)
+            keys = s.compose.secret_keys
+            files = pulumi.Output.all(handle.resource.id, *(secrets[k] for k in keys)).apply(
+                lambda v, s=s, agent=agent, keys=keys: st.stack_files(
+                    topo, s, agent, dict(zip(keys, v[1:])), str(v[0])))
+            if keys:
+                files = pulumi.Output.secret(files)
+            self.deployments[(s.name, agent.name)] = push(
+                st.step_name(s, agent), portainer, files, check=f"bash {st.script_path(s, agent)}",
+                parent=self, depends_on=waits, delete=st.delete_command(s, agent))
