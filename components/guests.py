@@ -86,7 +86,6 @@ class GuestsTier(pulumi.ComponentResource):
 
     # -- guests ----------------------------------------------------------------------------
     def _common(self, g: Guest) -> dict:
-        lab = self._ctx.lab
         return dict(node_name=g.node, vm_id=g.id,
                     description=f"{g.role} guest, managed by Phoenix",
                     tags=sorted({"phoenix", g.role, *g.tags}),
@@ -97,7 +96,7 @@ class GuestsTier(pulumi.ComponentResource):
         return ["127.0.0.1"] if g.role == "dns" else [str(self._ctx.topo.dns.address)]
 
     def _lxc(self, g: Guest, opts) -> pve.ContainerLegacy:
-        lab, topo = self._ctx.lab, self._ctx.topo
+        lab = self._ctx.lab
         net = lab.network
         devices = [pve.ContainerLegacyDevicePassthroughArgs(path=p, mode="0666")
                    for p in gpu_device_paths(g)]
@@ -126,6 +125,8 @@ class GuestsTier(pulumi.ComponentResource):
                 operating_system=pve.ContainerLegacyOperatingSystemArgs(
                     template_file_id=self.images[(g.image, g.node)].id, type="debian"),
                 device_passthroughs=devices or None),
+            # A newer template only matters to new containers: a changed template id would
+            # replace a running guest, so it is ignored once the container exists.
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(
                 protect=g.role == "ca", ignore_changes=["operatingSystem"],
                 depends_on=[self.gpu_probes[g.node]] if devices else [])))

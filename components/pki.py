@@ -21,7 +21,7 @@ class PkiTier(pulumi.ComponentResource):
 
     def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
         super().__init__("phoenix:tier:Pki", name, None, opts)
-        pki, topo = ctx.lab.pki, ctx.topo
+        pki = ctx.lab.pki
         keep = pulumi.ResourceOptions(parent=self, protect=True)
         subject = lambda cn: tls.SelfSignedCertSubjectArgs(common_name=cn, organization=pki.organization)
         self.root_key = tls.PrivateKey("root-ca-key", tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P384"),

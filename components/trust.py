@@ -31,7 +31,6 @@ class TrustTier(pulumi.ComponentResource):
         missing = secret_problems(ctx)
         if missing:
             raise ConfigError(missing)
-        pki = ctx.facts["pki"]
 
         # 1. Trust, on every guest, right after its bootstrap.
         self.trust: dict[str, remote.Command] = {}

@@ -125,7 +125,7 @@ def _gateway_problems(topo: Topology, art: Artifacts, mesh: Mesh, host: str, bad
         out.append(f"{at}: client -> gateway: the gateway's certificate ({listing(art.gateway_certificate)}) "
                    "does not cover it")
     mesh_guest = topo.mesh
-    routers = {n: r for n, r in mesh.routers.items() if host in hosts_of(r)}
+    routers = mesh.routers_for(host)
     wanted = sorted({ep for r in routers.values() for ep in r.get("entryPoints") or [] if ep in mesh.entrypoints})
     if str(b.upstream_address) not in (str(mesh_guest.address), topo.mesh_name):
         return out + [f"{at}: gateway upstream {b.upstream_address} is not the mesh ({mesh_guest.address})"]
@@ -187,9 +187,9 @@ def _gateway_problems(topo: Topology, art: Artifacts, mesh: Mesh, host: str, bad
 def _serving(topo: Topology, url: str) -> tuple[Optional[Guest], int, list[Service]]:
     """(guest, port, the catalog services listening there) for a backend URL."""
     parts = urlsplit(url)
-    guest = next((g for g in topo.lab.guests if str(g.address) == parts.hostname), None)
+    guest = topo.guest_by_address.get(parts.hostname or "")
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    listening = [s for s in topo.lab.services if guest is not None and guest.name in s.guests and s.port == port]
+    listening = list(topo.services_at.get((guest.name, port), [])) if guest is not None else []
     return guest, port, listening
 
 
@@ -322,7 +322,7 @@ def internal_route_problems(topo: Topology, mesh: Mesh, bad: set[str]) -> list[s
         if route.public:
             continue
         ep = route.entrypoint.name
-        routers = {n: r for n, r in mesh.routers.items() if route.host in hosts_of(r)}
+        routers = mesh.routers_for(route.host)
         on_ep = {n: r for n, r in routers.items() if ep in (r.get("entryPoints") or [])}
         if routers.keys() & bad:
             continue
@@ -372,8 +372,8 @@ def _acme_label(topo: Topology) -> str:
 
 
 def _router_for(mesh: Mesh, host: str, entrypoint: Optional[str]) -> tuple[Optional[str], dict]:
-    found = sorted((n, r) for n, r in mesh.routers.items()
-                   if host in hosts_of(r) and entrypoint in (r.get("entryPoints") or []))
+    found = sorted((n, r) for n, r in mesh.routers_for(host).items()
+                   if entrypoint in (r.get("entryPoints") or []))
     return found[0] if found else (None, {})
 
 

@@ -42,6 +42,8 @@ class Mesh:
         internal |= {"ping"} if "ping" in self.static else set()
         internal |= {"prometheus"} if (self.static.get("metrics") or {}).get("prometheus") is not None else set()
         self.internal_services = internal
+        self._on: dict[str, dict[str, dict]] = {}
+        self._by_host: Optional[dict[str, dict[str, dict]]] = None
 
     def children(self, name: str) -> list[str]:
         """The services a weighted, mirroring or failover service forwards to (as referenced)."""
@@ -73,7 +75,19 @@ class Mesh:
         return next((n for n in self.entrypoints if self.port(n) == port), None)
 
     def on(self, entrypoint: str) -> dict[str, dict]:
-        return {n: r for n, r in self.routers.items() if entrypoint in (r.get("entryPoints") or [])}
+        if entrypoint not in self._on:
+            self._on[entrypoint] = {n: r for n, r in self.routers.items()
+                                    if entrypoint in (r.get("entryPoints") or [])}
+        return self._on[entrypoint]
+
+    def routers_for(self, host: str) -> dict[str, dict]:
+        """Routers whose rule names ``host`` (indexed once: audits walk every route)."""
+        if self._by_host is None:
+            self._by_host = {}
+            for n, r in self.routers.items():
+                for h in hosts_of(r):
+                    self._by_host.setdefault(h, {})[n] = r
+        return self._by_host.get(host, {})
 
     def scheme(self, entrypoint: str) -> str:
         tls = ((self.entrypoints.get(entrypoint) or {}).get("http") or {}).get("tls") is not None
@@ -85,8 +99,9 @@ class Mesh:
 
     def option_for_sni(self, entrypoint: str, host: str) -> str:
         """The TLS option Traefik picks for ``host`` as SNI on ``entrypoint`` (from the Host rules)."""
-        for r in self.on(entrypoint).values():
-            if "tls" in r and host in hosts_of(r):
+        on_ep = self.on(entrypoint)
+        for n, r in self.routers_for(host).items():
+            if n in on_ep and "tls" in r:
                 return self.option_of(r) or "default"
         return "default"
 

@@ -220,7 +220,24 @@ class Topology:
         return [r.host for r in self.public_routes]
 
     def service(self, name: str) -> Service:
-        return next(s for s in self.lab.services if s.name == name)
+        return self._services_by_name[name]
+
+    @cached_property
+    def _services_by_name(self) -> dict[str, Service]:
+        return {s.name: s for s in self.lab.services}
+
+    @cached_property
+    def guest_by_address(self) -> dict[str, Guest]:
+        return {str(g.address): g for g in self.lab.guests}
+
+    @cached_property
+    def services_at(self) -> dict[tuple[str, int], list[Service]]:
+        """(guest name, port) -> the catalog services listening there."""
+        out: dict[tuple[str, int], list[Service]] = {}
+        for s in self.lab.services:
+            for g in dict.fromkeys(s.guests):
+                out.setdefault((g, s.port), []).append(s)
+        return out
 
     def guest_url(self, guest: Guest) -> str:
         """Where a person reaches what a guest serves (stack output)."""

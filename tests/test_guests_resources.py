@@ -5,9 +5,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import typing
 
-import pulumi
 import pytest
 
 from conftest import shipped_plan

@@ -6,10 +6,8 @@ import hashlib
 from pathlib import Path
 from typing import Optional
 
-from phoenix.errors import ConfigError
 from phoenix.model import parse_lab
-from phoenix.stackfile import NAMESPACE, StackConfig, expand_catalog, read_stack_file
-from phoenix.topology import build
+from phoenix.stackfile import NAMESPACE, StackConfig, expand_catalog
 
 
 def stack_path(root: Path, stack: str) -> Path:
@@ -18,7 +16,6 @@ def stack_path(root: Path, stack: str) -> Path:
 
 def with_placeholder_secrets(stack: StackConfig) -> tuple[StackConfig, list[str]]:
     """Operator secrets not set in the stack file are planned with a random placeholder."""
-    from phoenix.program import OPERATOR_SECRETS
     warnings = []
     values, secret_keys = dict(stack.values), set(stack.secret_keys)
     lab = parse_lab(expand_catalog(stack.phoenix(), stack.root))

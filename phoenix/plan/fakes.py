@@ -61,7 +61,6 @@ def private_key(inputs: dict, salt: bytes) -> dict:
         key = rsa.generate_private_key(65537, int(inputs.get("rsaBits", 2048)))
     pub = key.public_key()
     openssh_pub = pub.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
-    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     digest = hashes.Hash(hashes.SHA256())
     digest.update(base64.b64decode(openssh_pub.split()[1]))
     return {

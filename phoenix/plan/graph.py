@@ -33,7 +33,7 @@ def mermaid(topo: Topology) -> str:
     out.append('    root["Root CA (key in stack state)"] --> inter["Intermediate CA"]')
     out.append("  end")
     out.append(f"  inter -- held by --> {_id(topo.ca.name)}")
-    out.append(f"  root -. trusted by every guest .-> proxmox")
+    out.append("  root -. trusted by every guest .-> proxmox")
     edges: dict[tuple[str, str], list[str]] = defaultdict(list)
     for f in topo.flows:
         if f.source == "guests" or f.port == 22:
