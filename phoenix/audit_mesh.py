@@ -44,6 +44,7 @@ class Mesh:
         self.internal_services = internal
         self._on: dict[str, dict[str, dict]] = {}
         self._by_host: Optional[dict[str, dict[str, dict]]] = None
+        self._cert_names: dict[str, set[str]] = {}
 
     def children(self, name: str) -> list[str]:
         """The services a weighted, mirroring or failover service forwards to (as referenced)."""
@@ -106,6 +107,8 @@ class Mesh:
         return "default"
 
     def certificate_names(self, entrypoint: str) -> set[str]:
+        if entrypoint in self._cert_names:
+            return self._cert_names[entrypoint]
         names = set()
         for r in self.on(entrypoint).values():
             for d in (r.get("tls") or {}).get("domains") or []:
@@ -113,7 +116,8 @@ class Mesh:
         for store in self.stores.values():
             domain = (store.get("defaultGeneratedCert") or {}).get("domain") or {}
             names |= {domain.get("main"), *(domain.get("sans") or [])}
-        return names - {None}
+        self._cert_names[entrypoint] = names - {None}
+        return self._cert_names[entrypoint]
 
 
 def hosts_of(router: dict) -> list[str]:

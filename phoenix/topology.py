@@ -182,8 +182,11 @@ class Topology:
 
     # -- services --------------------------------------------------------------------
     def backends(self, service: Service) -> tuple[Backend, ...]:
-        return tuple(Backend(g, str(self.lab.guest(g).address), service.port, service.protocol)
-                     for g in service.guests)
+        key = ("backends", service.name)
+        if key not in self._cache:   # every tier asks, per service: compute once
+            self._cache[key] = tuple(Backend(g, str(self.lab.guest(g).address), service.port, service.protocol)
+                                     for g in service.guests)
+        return self._cache[key]
 
     def service_fqdn(self, service: Service) -> str:
         return self.fqdn(service.name)
