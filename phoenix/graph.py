@@ -10,6 +10,7 @@ import shutil
 import subprocess
 from collections import defaultdict
 
+from phoenix.plan.graph import flow_edges
 from phoenix.topology import Topology
 
 TIER_TITLES = {"dns": "Dual-horizon DNS", "gateway": "Nginx gateway", "mesh": "Traefik mesh",
@@ -58,14 +59,9 @@ def dot(topo: Topology) -> str:
     out.append(f'  inter -> {_id(topo.ca.name)} [label="held by"];')
     out.append(f'  root -> {_id(topo.gateway.name)} [style=dotted, label="trusted by every guest", '
                'lhead=cluster_proxmox];')
-    edges: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for f in topo.flows:
-        if f.source == "guests" or f.port == 22:
-            continue
-        src = {"any": "internet", "management": "mgmt"}.get(f.source, _id(f.source))
-        edges[(src, _id(f.target))].append(f"{f.port}/{f.proto}")
-    for (src, dst), ports in edges.items():
-        out.append(f"  {src} -> {dst} [label={_q(', '.join(dict.fromkeys(ports)))}];")
+    outside = {"any": "internet", "management": "mgmt"}
+    for (src, dst), ports in flow_edges(topo).items():
+        out.append(f"  {outside.get(src) or _id(src)} -> {_id(dst)} [label={_q(', '.join(ports))}];")
     out.append(f'  mgmt -> {_id(lab.guests[0].name)} [label="22/tcp (every guest)", lhead=cluster_proxmox];')
     out.append("}")
     return "\n".join(out) + "\n"

@@ -381,17 +381,8 @@ def cmd_verify(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m phoenix.verify`` (the same command as ``phoenix verify``)."""
-    p = argparse.ArgumentParser(prog="phoenix")
-    add_verify_parser(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(["verify", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.func(args)
-    except ConfigError as err:
-        for line in err.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        return EXIT_FAILED
+    from phoenix.cli import main as cli_main
+    return cli_main(["verify", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

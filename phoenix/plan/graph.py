@@ -11,6 +11,22 @@ def _id(name: str) -> str:
     return "g_" + name.replace("-", "_")
 
 
+def flow_edges(topo: Topology) -> dict[tuple[str, str], list[str]]:
+    """The picture's edges: (source, target guest) -> "port/proto" labels, from the flows;
+    a source is a guest name, ``any`` (the Internet) or ``management``.
+
+    Flows from every guest (DNS, NTP, the CA) and SSH are drawn once, not per guest."""
+    edges: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for f in topo.flows:
+        if f.source == "guests" or f.port == 22:
+            continue
+        key = (f.source, f.target)
+        label = f"{f.port}/{f.proto}"
+        if label not in edges[key]:
+            edges[key].append(label)
+    return dict(edges)
+
+
 def mermaid(topo: Topology) -> str:
     lab = topo.lab
     out = ["flowchart LR", '  internet(("Internet"))', '  mgmt(["management network"])']
@@ -34,13 +50,8 @@ def mermaid(topo: Topology) -> str:
     out.append("  end")
     out.append(f"  inter -- held by --> {_id(topo.ca.name)}")
     out.append("  root -. trusted by every guest .-> proxmox")
-    edges: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for f in topo.flows:
-        if f.source == "guests" or f.port == 22:
-            continue
-        src = {"any": "internet", "management": "mgmt"}.get(f.source, _id(f.source))
-        edges[(src, _id(f.target))].append(f"{f.port}/{f.proto}")
-    for (src, dst), ports in edges.items():
-        out.append(f'  {src} -- "{", ".join(dict.fromkeys(ports))}" --> {dst}')
+    outside = {"any": "internet", "management": "mgmt"}
+    for (src, dst), ports in flow_edges(topo).items():
+        out.append(f'  {outside.get(src) or _id(src)} -- "{", ".join(ports)}" --> {_id(dst)}')
     out.append('  mgmt -- "22/tcp" --> proxmox')
     return "\n".join(out) + "\n"
