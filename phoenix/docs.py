@@ -155,14 +155,22 @@ def reference() -> str:
     return "\n".join(out) + "\n"
 
 
+def schema_path(reference_path: Path) -> Path:
+    """The model's JSON Schema beside the reference, for editors (yaml-language-server etc.)."""
+    return reference_path.parent / "phoenix.schema.json"
+
+
 def write(path: Path = REFERENCE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(reference())
+    schema_path(path).write_text(schema_json())
     return path
 
 
 def is_current(path: Path = REFERENCE) -> bool:
-    return path.exists() and path.read_text() == reference()
+    schema = schema_path(path)
+    return (path.exists() and path.read_text() == reference()
+            and schema.exists() and schema.read_text() == schema_json())
 
 
 def schema_json() -> str:

@@ -223,3 +223,18 @@ def test_a_real_deployment_refuses_unpinned_release_checksums_before_any_resourc
     assert "phoenix:mesh.traefikSha256: required to install Traefik 3.1.6" in str(info.value)
     assert "phoenix:pki.stepCliSha256: required to install step-cli" in str(info.value)
     assert info.value.phoenix_registered == []
+
+
+def test_the_exported_json_schema_accepts_the_shipped_stacks_and_refuses_a_typo():
+    """docs/phoenix.schema.json (from `phoenix docs`) is what editors validate stack files with."""
+    import json
+
+    import jsonschema
+    schema = json.loads((ROOT / "docs" / "phoenix.schema.json").read_text())
+    for name in ("dev", "cluster"):
+        stack = stack_config(name)
+        jsonschema.validate(expand_catalog(stack.phoenix(), stack.root), schema)
+    raw = expand_catalog(stack_config("dev").phoenix(), ROOT)
+    raw["guests"][0]["adress"] = "10.20.0.10"
+    with pytest.raises(jsonschema.ValidationError, match="adress"):
+        jsonschema.validate(raw, schema)
