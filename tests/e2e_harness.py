@@ -27,18 +27,16 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 from urllib.parse import urlsplit
 
 from components.gateway import STEP_NGINX, STEP_PUBLIC_CERT
 from conftest import ROOT
-from gateway_harness import PEBBLE, GatewayLab, issue, pem, run_step, start_pebble, wait_until, with_file
+from gateway_harness import PEBBLE, GatewayLab, run_step, start_pebble, wait_until, with_file
 from lab import Processes, add_loopback_addresses, require_isolated
 from phoenix.bundle import pack, unpack
 from phoenix.plan.writer import pushed_files
@@ -47,7 +45,8 @@ from phoenix.render import gateway as gw
 from phoenix.render import mesh as mesh_render
 from phoenix.topology import Topology
 from test_dns_lab import CONFIG_STEP as DNS_CONFIG_STEP, _wait_rndc
-from test_verify import INSIDE, OUTSIDE
+from test_verify import INSIDE, OUTSIDE, Handler, StandIn
+from testpki import TestCA
 
 #: what an operator runs (the venv's entry point), or the module when it is not installed.
 PHOENIX = [str(ROOT / ".venv/bin/phoenix")] if (ROOT / ".venv/bin/phoenix").exists() else \
@@ -66,18 +65,9 @@ class Reply:
     headers: dict = field(default_factory=dict)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(Handler):
     protocol_version = "HTTP/1.1"
     timeout = 10
-
-    def setup(self):
-        self.request.settimeout(self.timeout)
-        if isinstance(self.request, ssl.SSLSocket):
-            self.request.do_handshake()   # a refused handshake ends here (quietly: handle_error)
-        super().setup()
-
-    def log_message(self, *args):
-        pass
 
     def _serve(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -109,28 +99,10 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = _serve
 
 
-class Server(ThreadingHTTPServer):
+class Server(StandIn):
     """An HTTP server in a thread, TLS when ``tls()`` gives a context (asked per connection,
-    so a test can swap a certificate without a restart)."""
-    daemon_threads = True
-
-    def __init__(self, address: str, port: int, tls: Callable[[], Optional[ssl.SSLContext]],
-                 answer: Callable[[_Handler], Reply]):
-        self.tls, self.answer = tls, answer
-        super().__init__((address, port), _Handler)
-        threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def get_request(self):
-        sock, peer = self.socket.accept()
-        ctx = self.tls()
-        return (ctx.wrap_socket(sock, server_side=True, do_handshake_on_connect=False) if ctx else sock), peer
-
-    def handle_error(self, request, client_address):
-        pass   # refused handshakes are what some tests provoke
-
-    def stop(self) -> None:
-        self.shutdown()
-        self.server_close()
+    so a test can swap a certificate without a restart); its answers may stream."""
+    handler = _Handler
 
 
 def server_tls(tmp: Path, stem: str, chain_pem: str, key_pem: str, client_cas: tuple[str, ...] = ()) -> ssl.SSLContext:
@@ -145,12 +117,6 @@ def server_tls(tmp: Path, stem: str, chain_pem: str, key_pem: str, client_cas: t
         for ca in client_cas:
             ctx.load_verify_locations(cafile=ca)
     return ctx
-
-
-def leaf_for(pki, names: list[str]) -> tuple[str, str]:
-    """A leaf from the plan's intermediate carrying ``names`` (addresses as IP SANs)."""
-    ips = [n for n in names if re.fullmatch(r"[\d.]+", n)]
-    return pki.leaf(names[0], dns=[n for n in names if n not in ips], ips=ips)
 
 
 # ---- the mesh: what the real Traefik configuration says --------------------------------------
@@ -235,7 +201,7 @@ class TraefikStandIn:
                     auth = options.get(t.get("options", "default"), {}).get("clientAuth")
                     if auth and auth["clientAuthType"] == "RequireAndVerifyClientCert":
                         client_cas = tuple(auth["caFiles"])
-                ctx = server_tls(tmp, f"mesh-{ep}", *leaf_for(pki, names), client_cas=client_cas)
+                ctx = server_tls(tmp, f"mesh-{ep}", *pki.ca.issue(names), client_cas=client_cas)
             self.servers.append(Server(str(topo.mesh.address), ports[ep], lambda ctx=ctx: ctx,
                                        lambda req, ep=ep: self.answer(ep, req)))
 
@@ -376,7 +342,7 @@ class EndToEndLab:
         """Step-CA's /health, and every catalog backend with the certificate its step requests."""
         topo, tmp = self.topo, self.tmp
         ca_json = json.loads(self.files[topo.ca.name][CA_JSON][0].content)
-        ca_tls = server_tls(tmp, "step-ca", *leaf_for(self.pki, ca_json["dnsNames"]))
+        ca_tls = server_tls(tmp, "step-ca", *self.pki.ca.issue(ca_json["dnsNames"]))
         ca_port = int(ca_json["address"].rsplit(":", 1)[1])
         self.servers.append(Server(str(topo.ca.address), ca_port, lambda: ca_tls,
                                    lambda req: Reply(200, b'{"status":"ok"}', {"Content-Type": "application/json"})
@@ -394,7 +360,7 @@ class EndToEndLab:
                     assert len(requested) == 1, f"{s.name} on {b.guest}: no certificate step requests {verified}"
                     self.backend_names[s.name, b.guest] = requested[0]
                     self.backend_tls[s.name, b.guest] = server_tls(tmp, f"backend-{s.name}-{b.guest}",
-                                                                   *leaf_for(self.pki, requested[0]))
+                                                                   *self.pki.ca.issue(requested[0]))
                 self.servers.append(Server(b.address, b.port, lambda key=(s.name, b.guest): self.backend_tls.get(key),
                                            self._backend_answer(s)))
 
@@ -490,9 +456,9 @@ class EndToEndLab:
 
     def other_ca_context(self, backend: tuple[str, str]) -> ssl.SSLContext:
         """A certificate for the same names as ``backend``'s, from a CA that is not Phoenix's."""
-        other, names = issue("Some Other CA", ca=True), self.backend_names[backend]
-        cert, key = issue(names[0], other, dns=names)
-        return server_tls(self.tmp, "elsewhere-" + "-".join(backend), pem(cert) + pem(other[0]), pem(key))
+        other = TestCA("Some Other CA")
+        chain, key = other.issue(self.backend_names[backend])
+        return server_tls(self.tmp, "elsewhere-" + "-".join(backend), chain + other.cert_pem, key)
 
     def down(self) -> None:
         for s in self.servers:

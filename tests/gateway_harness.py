@@ -8,10 +8,8 @@ plan's gateway steps run through phoenix-apply over copy-on-write copies of this
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
 import http.client
-import ipaddress
 import json
 import os
 import socket
@@ -20,13 +18,13 @@ import subprocess
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from components.base import APPLY
 from components.gateway import STEP_INSTALL, STEP_NGINX, STEP_PLACEHOLDER, STEP_PUBLIC_CERT
@@ -37,52 +35,26 @@ from phoenix.plan.writer import COMMAND, command_guest, pushed_files
 from phoenix.render import gateway as gw
 from phoenix.render.trust import CertRequest
 from phoenix.topology import ROOT_CA_TRUST_PATH
+from testpki import TestCA
 
 OVERLAID = ("/etc", "/var", "/run", "/usr/local")
 PEBBLE = "https://127.0.0.1:14000/dir"
 
 
 # ---- PKI helpers ----------------------------------------------------------------------------
-def pem(obj) -> str:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM).decode()
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def issue(cn: str, issuer: tuple | None = None, dns=(), ips=(), ca=False, client=False):
-    """A certificate and key: self-signed when ``issuer`` (cert, key) is None."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    ca_cert, ca_key = issuer or (None, key)
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
-    b = (x509.CertificateBuilder().subject_name(name).issuer_name(ca_cert.subject if ca_cert else name)
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now).not_valid_after(now + dt.timedelta(days=2))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        usage = [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
-        b = b.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
-    sans = [x509.DNSName(d) for d in dns] + [x509.IPAddress(ipaddress.ip_address(a)) for a in ips]
-    if sans:
-        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return b.sign(ca_key, hashes.SHA256()), key
-
-
 class PlanPki:
-    """The plan's generated PKI: root, and the intermediate that signs stand-in leaves."""
+    """The plan's generated PKI: root, and the intermediate (``ca``) that signs stand-in leaves."""
 
     def __init__(self, plan):
         out = lambda name, key: plan.run.named(name).outputs[key]
         self.root_pem = out("root-ca-cert", "certPem")
         self.intermediate_pem = out("intermediate-ca-cert", "certPem")
-        self.intermediate = (x509.load_pem_x509_certificate(self.intermediate_pem.encode()),
-                             serialization.load_pem_private_key(out("intermediate-ca-key", "privateKeyPem").encode(), None))
+        self.ca = TestCA.from_pem(self.intermediate_pem, out("intermediate-ca-key", "privateKeyPem"))
 
-    def leaf(self, cn: str, **kw) -> tuple[str, str]:
-        """(leaf + intermediate chain PEM, key PEM)."""
-        cert, key = issue(cn, self.intermediate, **kw)
-        return pem(cert) + self.intermediate_pem, pem(key)
+    def leaf(self, cn: str, dns=(), ips=(), client: bool = False) -> tuple[str, str]:
+        """(leaf + intermediate chain PEM, key PEM) for ``cn`` and the names ``dns`` and ``ips``
+        (bench/gateway_throughput.py asks so; tests call ``ca.issue`` with the names)."""
+        return self.ca.issue(dict.fromkeys([cn, *dns, *ips]), client=client)
 
 
 # ---- the guest's filesystem ------------------------------------------------------------------
@@ -300,9 +272,9 @@ class TinyResolver:
 
 def start_pebble(procs: Processes, tmp: Path) -> str:
     """Pebble on 127.0.0.1:14000 with a TLS certificate we make; returns the CA file certbot trusts."""
-    ca, ca_key = issue("pebble test CA", ca=True)
-    cert, key = issue("localhost", (ca, ca_key), dns=["localhost"], ips=["127.0.0.1"])
-    for name, text in (("ca.pem", pem(ca)), ("cert.pem", pem(cert)), ("key.pem", pem(key))):
+    ca = TestCA("pebble test CA")
+    cert, key = ca.issue(["localhost", "127.0.0.1"])
+    for name, text in (("ca.pem", ca.cert_pem), ("cert.pem", cert), ("key.pem", key)):
         (tmp / name).write_text(text)
     (tmp / "pebble.json").write_text(json.dumps({"pebble": {
         "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
@@ -392,7 +364,7 @@ class GatewayLab:
         root_file = self.files.get(ROOT_CA_TRUST_PATH)
         self.root.write(ROOT_CA_TRUST_PATH, root_file.content if root_file else self.pki.root_pem)
         if mesh:
-            self.start_mesh(*self.pki.leaf(up.ssl_name, dns=[up.ssl_name]))
+            self.start_mesh(*self.pki.ca.issue([up.ssl_name]))
         # nginx as Debian's package leaves it running: its default site on port 80.
         self.nginx = self.procs.start([*launcher, "nginx", "-g", "daemon off;"])
         wait_port("127.0.0.1", 80)
@@ -408,7 +380,7 @@ class GatewayLab:
         and reloads it."""
         lineage = self.tmp / "client-lineage"
         lineage.mkdir()
-        chain, key = self.pki.leaf(self.topo.guest_fqdn(self.topo.gateway), client=True)
+        chain, key = self.pki.ca.issue([self.topo.guest_fqdn(self.topo.gateway)], client=True)
         (lineage / "fullchain.pem").write_text(chain)
         (lineage / "privkey.pem").write_text(key)
         hook = self.files.get(CertRequest(name=gw.CLIENT_CERT_NAME, sans=()).hook_path)
@@ -475,6 +447,16 @@ class GatewayLab:
             self.resolver.stop()
         self.procs.stop_all()
         self.root.unmount()
+
+
+@contextmanager
+def brought_up(lab):
+    """``lab`` (a GatewayLab, an EndToEndLab) up for the block, and down after it whatever happened."""
+    try:
+        lab.up()
+        yield lab
+    finally:
+        lab.down()
 
 
 def tls_socket(lab: GatewayLab, host: str | None, ctx: ssl.SSLContext | None = None, source=None):

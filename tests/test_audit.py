@@ -10,7 +10,7 @@ import pytest
 
 from conftest import SHIPPED_STACKS, edited, stack_config, shipped_plan
 from phoenix import cli
-from phoenix.audit import Artifacts, audit, collect_artifacts, route_audit
+from phoenix.audit import audit, collect_artifacts, route_audit
 from phoenix.errors import ConfigError
 from phoenix.plan import make_plan
 from phoenix.render import firewall, gateway

@@ -24,13 +24,14 @@ from cryptography.x509.oid import NameOID
 from components.gateway import STEP_NGINX
 from conftest import shipped_plan
 from e2e_harness import EndToEndLab
-from gateway_harness import issue, pem, with_file
+from gateway_harness import brought_up, with_file
 from lab import Processes, require_isolated, require_tools
 from phoenix.render import gateway as gw
 from phoenix.render import mesh as mesh_render
 from phoenix.verify import VerifyOptions, plan_checks
 from phoenix.verify_probes import https_request, trust_context
 from test_verify import in_private_mount_namespace
+from testpki import TestCA
 
 pytestmark = pytest.mark.lab
 
@@ -43,13 +44,8 @@ def e2e(tmp_path_factory):
     if not in_private_mount_namespace():
         pytest.fail("refusing to lay overlays over /etc, /var, /run and /usr/local: not in a private mount "
                     "namespace (run through scripts/in-netns.sh)")
-    procs = Processes()
-    lab = EndToEndLab(shipped_plan("dev"), tmp_path_factory.mktemp("e2e-lab"), procs)
-    try:
-        lab.up()
+    with brought_up(EndToEndLab(shipped_plan("dev"), tmp_path_factory.mktemp("e2e-lab"), Processes())) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def planned(lab: EndToEndLab) -> set[tuple[str, str]]:
@@ -98,11 +94,10 @@ def test_the_gateway_entrypoint_wants_a_client_certificate_from_the_phoenix_ca(e
     """What made the public checks pass is the gateway's client certificate: without one, or
     with one from another CA, the mesh's gateway entrypoint refuses (the real config's mTLS)."""
     port = mesh_render.entrypoint_ports(e2e.topo)["gateway"]
-    other = issue("Some Other CA", ca=True)
-    cert, key = issue(e2e.topo.guest_fqdn(e2e.topo.gateway), other, dns=[e2e.topo.guest_fqdn(e2e.topo.gateway)],
-                      client=True)
-    (e2e.tmp / "client-elsewhere.crt").write_text(pem(cert) + pem(other[0]))
-    (e2e.tmp / "client-elsewhere.key").write_text(pem(key))
+    other = TestCA("Some Other CA")
+    chain, key = other.issue([e2e.topo.guest_fqdn(e2e.topo.gateway)], client=True)
+    (e2e.tmp / "client-elsewhere.crt").write_text(chain + other.cert_pem)
+    (e2e.tmp / "client-elsewhere.key").write_text(key)
     for client in (None, (str(e2e.tmp / "client-elsewhere.crt"), str(e2e.tmp / "client-elsewhere.key"))):
         ctx = trust_context(str(e2e.root_ca), *(client or ()))
         with pytest.raises((ssl.SSLError, ConnectionError)):

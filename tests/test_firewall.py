@@ -96,7 +96,7 @@ def test_each_hop_the_route_audit_needs_is_allowed_and_nothing_else(stack):
     lab, rules = topo.lab, guest_rules(topo)
     outsider = "198.18.0.7"                     # somewhere on the internet
     mgmt_host = str(next(lab.network.management[0].hosts())) if lab.network.management else None
-    gw, mesh, ca = str(topo.gateway.address), str(topo.mesh.address), str(topo.ca.address)
+    gw, mesh = str(topo.gateway.address), str(topo.mesh.address)
     for route in topo.routes:
         if route.public:
             assert permits(rules[topo.gateway.name], "in", outsider, 443)

@@ -41,11 +41,12 @@ from cryptography import x509
 
 from components.gateway import STEP_NGINX
 from conftest import shipped_plan
-from gateway_harness import (WS_GUID, GatewayLab, GuestRoot, client_context, file_leaf, https, issue, pem, read_head,
+from gateway_harness import (WS_GUID, GatewayLab, GuestRoot, brought_up, client_context, file_leaf, https, read_head,
                              run_step, served_leaf, tls_socket, wait_until, with_file, ws_frame, ws_read)
 from lab import Processes, require_isolated, require_tools
 from phoenix.plan.writer import bundle_of
 from phoenix.render import gateway as gw
+from testpki import TestCA
 
 pytestmark = pytest.mark.lab
 
@@ -54,13 +55,8 @@ pytestmark = pytest.mark.lab
 def glab(tmp_path_factory):
     require_isolated()
     require_tools("nginx", "pebble", "certbot", "openssl", "curl")
-    procs = Processes()
-    lab = GatewayLab(shipped_plan("dev"), tmp_path_factory.mktemp("gateway-lab"), procs)
-    try:
-        lab.up()
+    with brought_up(GatewayLab(shipped_plan("dev"), tmp_path_factory.mktemp("gateway-lab"), Processes())) as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 @pytest.fixture(scope="module")
@@ -365,11 +361,11 @@ def test_broken_config_push_fails_with_nginx_message_and_old_config_keeps_servin
 
 def test_mesh_certificate_not_from_the_phoenix_ca_gives_502(glab):
     server = glab.servers[0]
-    other_ca = issue("Some Other CA", ca=True)
-    cert, key = issue(server.ssl_name, other_ca, dns=[server.ssl_name])
-    wrong_name = glab.pki.leaf("not-the-mesh.example", dns=["not-the-mesh.example"])
+    other_ca = TestCA("Some Other CA")
+    chain, key = other_ca.issue([server.ssl_name])
+    wrong_name = glab.pki.ca.issue(["not-the-mesh.example"])
     try:
-        for chain, key_pem in ((pem(cert) + pem(other_ca[0]), pem(key)), wrong_name):
+        for chain, key_pem in ((chain + other_ca.cert_pem, key), wrong_name):
             glab.mesh_log_mark = Path("/var/log/nginx/error.log").stat().st_size
             glab.start_mesh(chain, key_pem)
             status, _, _, _ = https(server.host, source="127.0.0.2")
@@ -377,5 +373,5 @@ def test_mesh_certificate_not_from_the_phoenix_ca_gives_502(glab):
             errors = Path("/var/log/nginx/error.log").read_text()[glab.mesh_log_mark:]
             assert "upstream SSL certificate" in errors, errors[-500:]
     finally:
-        glab.start_mesh(*glab.pki.leaf(server.ssl_name, dns=[server.ssl_name]))
+        glab.start_mesh(*glab.pki.ca.issue([server.ssl_name]))
     wait_until(lambda: https(server.host, source="127.0.0.2")[0] == 200, 5, "the real mesh to answer again")

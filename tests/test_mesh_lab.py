@@ -8,21 +8,17 @@ Run: bash scripts/in-netns.sh .venv/bin/python -m pytest tests/test_mesh_lab.py
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import subprocess
 import sys
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conftest import shipped_plan
 from lab import require_isolated, wait_port
 from phoenix.render import render
 from phoenix.render.mesh import expected_entries
+from testpki import TestCA, save
 
 pytestmark = pytest.mark.lab
 HTTP_PORT, TLS_PORT = 18082, 19443
@@ -53,31 +49,6 @@ tls.serve_forever()
 '''
 
 
-def _pem(obj) -> bytes:
-    if isinstance(obj, x509.Certificate):
-        return obj.public_bytes(serialization.Encoding.PEM)
-    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def issue(name: str, ca_name: str):
-    """A CA and a leaf for ``name`` under it (stand-ins for the Phoenix root and Step-CA's issue)."""
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ca_name)])
-    ca = (x509.CertificateBuilder().subject_name(ca_subject).issuer_name(ca_subject)
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_subject).public_key(key.public_key()).serial_number(2)
-            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return _pem(ca), _pem(leaf), _pem(key)
-
-
 @pytest.fixture
 def lab(tmp_path, procs):
     require_isolated()
@@ -85,11 +56,10 @@ def lab(tmp_path, procs):
     entries = expected_entries(topo)
 
     def start(rawdata_entries, root_matches: bool = True, serve: bool = True, disabled: str = ""):
-        root, leaf, key = issue(topo.mesh_name, "Phoenix Root (test)")
-        other_root, _, _ = issue("other", "Some other CA")
-        (tmp_path / "root.pem").write_bytes(root if root_matches else other_root)
-        (tmp_path / "leaf.pem").write_bytes(leaf)
-        (tmp_path / "leaf.key").write_bytes(key)
+        # Stand-ins for the Phoenix root and the certificate Step-CA issues for the mesh's name.
+        root = TestCA("Phoenix Root (test)")
+        save(root.issue([topo.mesh_name]), tmp_path / "leaf.pem", tmp_path / "leaf.key")
+        (root if root_matches else TestCA("Some other CA")).write_cert(tmp_path / "root.pem")
         # What Traefik's /api/rawdata looks like: names and URLs as JSON strings.
         routers = {e: {"status": "enabled"} for e in rawdata_entries}
         if disabled:

@@ -17,14 +17,12 @@ real bash, curl and jq; guest paths are remapped into a temporary directory, and
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import socket
 import ssl
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,14 +34,16 @@ from phoenix.render import stacks as st
 from phoenix.render import workloads as wl
 from phoenix.stackfile import expand_catalog
 from phoenix.topology import build
+from portainer_standin import PortainerApi, ScriptLab
+from portainer_standin import serve as serve_api
 from test_stacks_render import add_grafana
+from testpki import TestCA, save
 
 pytestmark = pytest.mark.lab
 
 PORTAINER_PASSWORD = "portainer-admin-pass-1234"
 SECRET = "grafana-admin-Secret-7731"
 NEW_SECRET = "grafana-admin-Rotated-9902"
-PORT = 9443          # the dev catalog's portainer-ui port, where the API helpers call
 AGENT_VM = "201"
 
 
@@ -64,16 +64,13 @@ def grafana(topo):
 # -- the stand-in ------------------------------------------------------------------------------
 def serve(cert: str, key: str, password: str, endpoints: str) -> None:  # pragma: no cover - child process
     import re
-    import secrets
     import shutil
     import tempfile
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
     from urllib.parse import parse_qs, urlsplit
 
     import yaml
 
-    state = {"endpoints": {e["Id"]: e for e in json.loads(endpoints)}, "stacks": {}, "log": [],
-             "tokens": set(), "next": 1}
+    state = {"endpoints": {e["Id"]: e for e in json.loads(endpoints)}, "stacks": {}, "log": [], "next": 1}
 
     def compose_problem(text: str, env: list) -> str | None:
         """Portainer runs compose with the stack's Env; an unreadable file or an unset variable fails."""
@@ -98,24 +95,7 @@ def serve(cert: str, key: str, password: str, endpoints: str) -> None:  # pragma
                         "Labels": {"com.docker.compose.project": stack["Name"], "com.docker.compose.service": name}})
         return out
 
-    class Api(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def reply(self, code, body=None):
-            data = b"" if body is None else json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def json_body(self):
-            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            if not (self.headers.get("Content-Type") or "").startswith("application/json"):
-                return None
-            return json.loads(data or b"null")
-
+    class Api(PortainerApi):
         def handle_any(self, method):
             url = urlsplit(self.path)
             path, query = url.path, parse_qs(url.query)
@@ -133,11 +113,9 @@ def serve(cert: str, key: str, password: str, endpoints: str) -> None:  # pragma
                 body = self.json_body() or {}
                 if body.get("Username") != "admin" or body.get("Password") != password:
                     return self.reply(422, {"message": "Invalid credentials"})
-                token = secrets.token_hex(16)
-                state["tokens"].add(token)
-                return self.reply(200, {"jwt": token})
-            if (self.headers.get("Authorization") or "").removeprefix("Bearer ") not in state["tokens"]:
-                return self.reply(401, {"message": "Unauthorized"})
+                return self.logged_in()
+            if not self.authed():
+                return
             if path == "/api/endpoints" and method == "GET":
                 return self.reply(200, list(state["endpoints"].values()))
             if path == "/api/stacks" and method == "GET":
@@ -192,76 +170,11 @@ def serve(cert: str, key: str, password: str, endpoints: str) -> None:  # pragma
                 return self.reply(200, found)
             return self.reply(404, {"message": "Not found"})
 
-        def do_GET(self):
-            self.handle_any("GET")
-
-        def do_POST(self):
-            self.handle_any("POST")
-
-        def do_PUT(self):
-            self.handle_any("PUT")
-
-        def do_DELETE(self):
-            self.handle_any("DELETE")
-
-    server = ThreadingHTTPServer(("127.0.0.1", PORT), Api)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    server.serve_forever()
-
-
-def make_pki(root: Path, names: list[str], prefix: str) -> tuple[Path, Path, Path]:
-    """A root and one leaf for ``names`` (what Step-CA would issue), as PEM files."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{prefix} test root")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    paths = root / f"{prefix}-root.crt", root / f"{prefix}.crt", root / f"{prefix}.key"
-    paths[0].write_bytes(ca.public_bytes(pem))
-    paths[1].write_bytes(leaf.public_bytes(pem))
-    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return paths
+    serve_api(Api, cert, key)
 
 
 # -- the lab -----------------------------------------------------------------------------------
-class StacksLab:
-    def __init__(self, root: Path, topo):
-        self.root, self.topo = root, topo
-        self.bin = root / "bin"
-        self.bin.mkdir()
-        self.argv_log = root / "argv.log"
-        for tool in ("curl", "jq"):      # record every command line, then run the real tool
-            real = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
-            path = self.bin / tool
-            path.write_text(f'#!/bin/bash\nprintf "%s\\0" {tool} "$@" >> {self.argv_log}\n'
-                            f'printf "\\n" >> {self.argv_log}\nexec {real} "$@"\n')
-            path.chmod(0o755)
-
-    def remap(self, text: str) -> str:
-        for prefix in ("/etc/phoenix/", "/usr/local/lib/phoenix/", "/var/lib/phoenix/"):
-            text = text.replace(prefix, f"{self.root}{prefix}")
-        return text
-
-    def lay(self, files) -> None:
-        for f in files:
-            target = Path(self.remap(f.path))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f.content if f.path.endswith(".json") else self.remap(f.content))
-            target.chmod(f.mode)
-
+class StacksLab(ScriptLab):
     def deploy(self, topo, secret: str = SECRET, *args: str, **env: str) -> subprocess.CompletedProcess:
         """Push the step's files (as phoenix-apply would) and run its script."""
         s, agent = grafana(topo)
@@ -271,25 +184,11 @@ class StacksLab:
     def run(self, topo, *args: str, **env: str) -> subprocess.CompletedProcess:
         s, agent = grafana(topo)
         script = Path(self.remap(st.script_path(s, agent)))
-        full = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}", **env}
-        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=full, timeout=120)
-
-    def state(self) -> dict:
-        ctx = ssl.create_default_context(cafile=str(self.root / "etc/phoenix/tls/phoenix-root.crt"))
-        ctx.check_hostname = False
-        with urllib.request.urlopen(f"https://127.0.0.1:{PORT}/_state", context=ctx) as resp:
-            return json.load(resp)
-
-    def poke(self, path: str) -> None:
-        ctx = ssl.create_default_context(cafile=str(self.root / "etc/phoenix/tls/phoenix-root.crt"))
-        ctx.check_hostname = False
-        urllib.request.urlopen(f"https://127.0.0.1:{PORT}{path}", context=ctx).read()
+        return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=self.env(**env),
+                              timeout=120)
 
     def calls_since(self, mark: int) -> list[str]:
         return self.state()["log"][mark:]
-
-    def argv(self) -> str:
-        return self.argv_log.read_text() if self.argv_log.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -299,18 +198,12 @@ def slab(tmp_path_factory):
     topo = topo_with()
     root = tmp_path_factory.mktemp("stacks-lab")
     lab = StacksLab(root, topo)
-    ca, cert, key = make_pki(root, [topo.service_fqdn(wl.portainer_ui(topo))], "portainer")
-    tls = root / "etc/phoenix/tls"
-    tls.mkdir(parents=True)
-    (tls / "phoenix-root.crt").write_bytes(ca.read_bytes())
-    lab.lay(wl.portainer_server_files(topo, PORTAINER_PASSWORD, "agent-secret-for-the-lab"))
     # Portainer knows the agent as the workloads tier registered it (and one other environment).
     endpoints = [{"Id": 3, "Name": "other", "URL": "tcp://10.20.0.99:9001", "Type": 2},
                  {"Id": 7, "Name": "agent-1", "URL": wl.agent_url(topo, topo.lab.guest("agent-1")), "Type": 2}]
     procs = Processes()
-    procs.start([sys.executable, __file__, "serve", str(cert), str(key), PORTAINER_PASSWORD, json.dumps(endpoints)])
     try:
-        wait_port("127.0.0.1", PORT, 15)
+        lab.start_portainer(procs, __file__, PORTAINER_PASSWORD, json.dumps(endpoints))
         yield lab
     finally:
         procs.stop_all()
@@ -358,7 +251,7 @@ def test_a_rotated_secret_updates_the_stack_and_a_stopped_one_is_started(slab):
     assert out.returncode == 0 and "updated stack" in out.stdout, out.stderr
     [stack] = slab.state()["stacks"]
     assert {"name": "GF_SECURITY_ADMIN_PASSWORD", "value": NEW_SECRET} in stack["Env"]
-    slab.poke(f"/_stop/{stack['Id']}")
+    slab.get(f"/_stop/{stack['Id']}")
     out = slab.deploy(slab.topo, NEW_SECRET)
     assert out.returncode == 0 and "started stack" in out.stdout, out.stderr
     assert slab.state()["stacks"][0]["Status"] == 1
@@ -455,7 +348,10 @@ def test_the_sidecar_serves_the_catalog_port_with_the_agents_certificate(tmp_pat
     require_tools("nginx")
     topo = topo_with()
     s, agent = grafana(topo)
-    ca, cert, key = make_pki(tmp_path, [topo.service_fqdn(s), topo.guest_fqdn(agent)], "agent")
+    agent_ca = TestCA("agent test root")
+    ca = agent_ca.write_cert(tmp_path / "agent-root.crt")
+    cert, key = save(agent_ca.issue([topo.service_fqdn(s), topo.guest_fqdn(agent)]), tmp_path / "agent.crt",
+                     tmp_path / "agent.key")
     conf = st.sidecar_config(s, upstream=f"127.0.0.1:{BACKEND_PORT}", resolver="127.0.0.1", cert=str(cert),
                              key=str(key))
     prefix = tmp_path / "nginx"
@@ -477,7 +373,7 @@ def test_the_sidecar_serves_the_catalog_port_with_the_agents_certificate(tmp_pat
         assert status == 200 and body == {"path": "/api/health", "host": name, "proto": "https"}
     with pytest.raises(ssl.SSLCertVerificationError):
         https_get(s.port, "other.lab.internal", s.health, ca)           # a name the certificate does not carry
-    other_root = make_pki(tmp_path, ["x.lab.internal"], "other")[0]
+    other_root = TestCA("other test root").write_cert(tmp_path / "other-root.crt")
     with pytest.raises(ssl.SSLCertVerificationError):
         https_get(s.port, topo.service_fqdn(s), s.health, other_root)   # verified against the right root only
 

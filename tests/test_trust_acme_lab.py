@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import grp
-import ipaddress
 import json
 import os
 import re
@@ -26,15 +25,13 @@ from urllib.parse import urlparse
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conftest import stack_config
 from lab import Processes, add_loopback_addresses, require_isolated, require_tools, wait_port
 from phoenix.render import trust as r
 from phoenix.topology import tls_paths
 from test_trust_support import GATEWAY_WEBROOT, trust_run
+from testpki import TestCA
 
 pytestmark = pytest.mark.lab
 
@@ -42,27 +39,11 @@ pytestmark = pytest.mark.lab
 MOUNTS = ("/etc/phoenix", r.SCRIPTS, r.ACME_WORK_DIR, r.ACME_LOGS_DIR, GATEWAY_WEBROOT)
 
 
-def _leaf(names: list[str], issuer_cert: str, issuer_key: str) -> tuple[str, str]:
+def _leaf(names: list[str], run) -> tuple[str, str]:
     """A server certificate for ``names`` signed by the plan's intermediate (as Step-CA's own is)."""
-    ca_cert = x509.load_pem_x509_certificate(issuer_cert.encode())
-    ca_key = serialization.load_pem_private_key(issuer_key.encode(), None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    sans = []
-    for n in names:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-        except ValueError:
-            sans.append(x509.DNSName(n))
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-            .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=24))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(ca_key, hashes.SHA256()))
-    chain = cert.public_bytes(serialization.Encoding.PEM).decode() + issuer_cert
-    return chain, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                    serialization.NoEncryption()).decode()
+    ca = TestCA.from_pem(run.named("intermediate-ca-cert").outputs["certPem"],
+                         run.named("intermediate-ca-key").outputs["privateKeyPem"])
+    return ca.issue(names)
 
 
 def _zone(topo) -> str:
@@ -163,9 +144,7 @@ def lab():
         ca_files = {p: f for p, (f, _) in files[topo.ca.name].items()}
         health = work / "step-ca-health.sh"
         health.write_text(ca_files[r.CA_HEALTH].content)
-        inter_cert = run.run.named("intermediate-ca-cert").outputs["certPem"]
-        inter_key = run.run.named("intermediate-ca-key").outputs["privateKeyPem"]
-        chain, key = _leaf(list(topo.ca_sans), inter_cert, inter_key)
+        chain, key = _leaf(list(topo.ca_sans), run.run)
         (work / "ca.crt").write_text(chain)
         (work / "ca.key").write_text(key)
         (work / "ca.key").chmod(0o600)
@@ -235,9 +214,7 @@ def test_ca_health_check_fails_when_a_san_is_missing(lab):
     """Trap 5: a CA certificate without the name the check uses is a failure, not a pass."""
     topo, work = lab["topo"], lab["work"]
     run = lab["run"].run
-    chain, key = _leaf([s for s in topo.ca_sans if s != topo.ca_name],
-                       run.named("intermediate-ca-cert").outputs["certPem"],
-                       run.named("intermediate-ca-key").outputs["privateKeyPem"])
+    chain, key = _leaf([s for s in topo.ca_sans if s != topo.ca_name], run)
     good_chain, good_key = (work / "ca.crt").read_text(), (work / "ca.key").read_text()
     nginx = ["nginx", "-p", str(work / "nginx"), "-c", str(work / "nginx" / "nginx.conf")]
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pulumi
 import pytest
 
 from conftest import edited, shipped_plan, stack_config
@@ -13,7 +12,7 @@ from phoenix.plan.engine import run_program
 from phoenix.plan.writer import COMMAND, command_guest, pushed_files
 from phoenix.render import trust as r
 from phoenix.topology import ROOT_CA_TRUST_PATH
-from test_trust_support import dev_trust_run, trust_program, trust_run
+from test_trust_support import dev_trust_run, first_tiers, trust_run
 
 CA_CONFIG, CA_HEALTH, CA_INSTALL = "step-ca-config", "step-ca-health", "step-ca-install"
 
@@ -183,25 +182,10 @@ def test_a_lifetime_change_touches_only_the_ca_config_and_certificate_steps(dev)
 
 # -- bad requests and missing inputs ---------------------------------------------------------------------
 def _run_with(body):
-    stack = stack_config("dev")
-
-    def program():
-        from components.base import Context, Secrets
-        from components.guests import GuestsTier
-        from components.pki import PkiTier
-        from phoenix.program import generated_secret, load, provider
-        cfg = pulumi.Config("phoenix")
-        lab, topo = load(cfg)
-        secrets = Secrets(provisioner_password=generated_secret("p-pw", 48))
-        ctx = Context(lab, topo, provider(cfg, lab), secrets)
-        PkiTier("pki", ctx)
-        GuestsTier("guests", ctx)
-        body(ctx)
-
     from phoenix.plan import with_placeholder_secrets
-    stack, _ = with_placeholder_secrets(stack)
+    stack, _ = with_placeholder_secrets(stack_config("dev"))
     with pytest.raises(ConfigError) as err:
-        run_program(stack, program)
+        run_program(stack, lambda: body(first_tiers()))
     return err.value.problems
 
 

@@ -37,19 +37,26 @@ class TrustRun:
         return [r for r in self.run.by_type(COMMAND) if command_guest(r, self.topo) == guest]
 
 
+def first_tiers():
+    """Inside a program: the context with the tiers the trust tier builds on (PKI, guests) made."""
+    from components.base import Context, Secrets
+    from components.guests import GuestsTier
+    from components.pki import PkiTier
+    from phoenix.program import generated_secret, load, provider
+    cfg = pulumi.Config("phoenix")
+    lab, topo = load(cfg)
+    secrets = Secrets(provisioner_password=generated_secret("step-ca-provisioner-password", 48))
+    ctx = Context(lab, topo, provider(cfg, lab), secrets)
+    PkiTier("pki", ctx)
+    GuestsTier("guests", ctx)
+    return ctx
+
+
 def trust_program(reload: str = "true", check: str = ""):
     def program():
-        from components.base import Context, Secrets
-        from components.guests import GuestsTier
-        from components.pki import PkiTier
         from components.trust import TrustTier, internal_certificate
-        from phoenix.program import generated_secret, load, provider
-        cfg = pulumi.Config("phoenix")
-        lab, topo = load(cfg)
-        secrets = Secrets(provisioner_password=generated_secret("step-ca-provisioner-password", 48))
-        ctx = Context(lab, topo, provider(cfg, lab), secrets)
-        PkiTier("pki", ctx)
-        GuestsTier("guests", ctx)
+        ctx = first_tiers()
+        topo = ctx.topo
         trust = TrustTier("trust", ctx)
         trust.deploy_ca(ctx)
         internal_certificate(ctx, ctx.guests[topo.mesh.name], sans=[topo.mesh_name], reload=reload,

@@ -11,9 +11,7 @@ broken and exactly the checks that depend on that hop fail.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import http.client
-import ipaddress
 import json
 import os
 import shutil
@@ -30,11 +28,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
 from conftest import ROOT, SHIPPED_STACKS, stack_config
 from lab import Processes, add_loopback_addresses, require_isolated, require_tools
 from phoenix.model import parse_lab
@@ -44,6 +37,7 @@ from phoenix.topology import build
 from phoenix.verify import (Check, VerifyOptions, main, make_probes, plan_checks, run_checks,
                             summary)
 from phoenix.verify_probes import query_a
+from testpki import TestCA, save
 
 
 def topology(name: str):
@@ -178,54 +172,12 @@ def test_bad_input_is_refused_with_one_line_per_problem_and_exit_2(capsys):
 OUTSIDE, INSIDE = "192.0.2.50", "10.20.0.250"     # a client on the internet; an operator on the lab network
 PORTAINER_PASSWORD, PORTAINER_TOKEN = "correct horse battery", "jwt-of-the-test"
 PORTAINER_API_KEY = "ptr_key-of-the-test"
-NOW = datetime.datetime.now(datetime.timezone.utc)
 
 
-class Ca:
-    """A test CA (root, or intermediate under ``parent``) that issues leaf certificates to files."""
-
-    def __init__(self, name: str, out: Path, parent: "Ca | None" = None):
-        self.key, self.out, self.parent = ec.generate_private_key(ec.SECP256R1()), out, parent
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        issuer = parent or self
-        builder = (x509.CertificateBuilder().subject_name(subject)
-                   .issuer_name(parent.cert.subject if parent else subject)
-                   .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(NOW - datetime.timedelta(hours=1))
-                   .not_valid_after(NOW + datetime.timedelta(days=2))
-                   .add_extension(x509.BasicConstraints(ca=True, path_length=0 if parent else None), True)
-                   .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), True)
-                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), False)
-                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False))
-        self.cert = builder.sign(issuer.key, hashes.SHA256())
-        self.pem = self.cert.public_bytes(serialization.Encoding.PEM)
-        self.file = out / f"{name.replace(' ', '-')}.pem"
-        self.file.write_bytes(self.pem)
-
-    def issue(self, stem: str, names: list[str], client: bool = False) -> tuple[str, str]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        sans = []
-        for n in names:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                sans.append(x509.DNSName(n))
-        usage = [ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
-                .issuer_name(self.cert.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(NOW - datetime.timedelta(hours=1)).not_valid_after(NOW + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(sans), False)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-                .add_extension(x509.ExtendedKeyUsage(usage), False)
-                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False)
-                .sign(self.key, hashes.SHA256()))
-        chain = cert.public_bytes(serialization.Encoding.PEM) + (self.pem if self.parent else b"")
-        crt, pem_key = self.out / f"{stem}.crt", self.out / f"{stem}.key"
-        crt.write_bytes(chain)
-        pem_key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
-        return str(crt), str(pem_key)
+def issue(ca: TestCA, out: Path, stem: str, names: list[str], client: bool = False) -> tuple[str, str]:
+    """A leaf from ``ca`` for ``names`` as files ``<stem>.crt`` (with the chain) and ``<stem>.key``."""
+    crt, key = save(ca.issue(names, client=client), out / f"{stem}.crt", out / f"{stem}.key")
+    return str(crt), str(key)
 
 
 def server_context(cert: tuple[str, str], client_ca: Path | None = None, allow_tls11: bool = False) -> ssl.SSLContext:
@@ -273,10 +225,11 @@ class StandIn(ThreadingHTTPServer):
     """A TLS (or plain) HTTP server in a thread; ``tls()`` is asked per connection, so a test can
     swap certificates or protocol versions without a restart."""
     daemon_threads = True
+    handler = Handler   # what answers a connection (tests/e2e_harness.py streams with its own)
 
     def __init__(self, address: str, port: int, tls, answer):
         self.tls, self.answer = tls, answer
-        super().__init__((address, port), Handler)
+        super().__init__((address, port), self.handler)
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def get_request(self):
@@ -465,19 +418,20 @@ def lab(tmp_path_factory):
     d = tmp_path_factory.mktemp("verify-lab")
     add_loopback_addresses(*(str(g.address) for g in topo.lab.guests), str(topo.lab.network.public_address),
                            OUTSIDE, INSIDE)
-    root = Ca("Phoenix Test Root", d)
-    intermediate = Ca("Phoenix Test Intermediate", d, parent=root)
-    public_root, other_root = Ca("Test Public ACME Root", d), Ca("Some Other CA", d)
-    pki = {"root": root.file,
-           "gateway": public_root.issue("gateway-public", topo.public_hosts),
-           "gateway-elsewhere": other_root.issue("gateway-elsewhere", topo.public_hosts),
-           "gateway-client": intermediate.issue("gateway-client", [topo.guest_fqdn(topo.gateway)], client=True),
-           "mesh": intermediate.issue("mesh", [topo.mesh_name, str(topo.mesh.address)]),
-           "ca": intermediate.issue("ca", topo.ca_sans)}
+    root = TestCA("Phoenix Test Root")
+    intermediate = TestCA("Phoenix Test Intermediate", parent=root)
+    public_root, other_root = TestCA("Test Public ACME Root"), TestCA("Some Other CA")
+    root_file, public_file = root.write_cert(d / "phoenix-root.pem"), public_root.write_cert(d / "public-root.pem")
+    pki = {"root": root_file,
+           "gateway": issue(public_root, d, "gateway-public", topo.public_hosts),
+           "gateway-elsewhere": issue(other_root, d, "gateway-elsewhere", topo.public_hosts),
+           "gateway-client": issue(intermediate, d, "gateway-client", [topo.guest_fqdn(topo.gateway)], client=True),
+           "mesh": issue(intermediate, d, "mesh", [topo.mesh_name, str(topo.mesh.address)]),
+           "ca": issue(intermediate, d, "ca", topo.ca_sans)}
     for s in topo.lab.services:
         names = [topo.backend_tls_name(s)] + [topo.guest_fqdn(topo.lab.guest(g)) for g in s.guests]
-        pki[s.name] = intermediate.issue(s.name, names)
-        pki[f"{s.name}-elsewhere"] = other_root.issue(f"{s.name}-elsewhere", names)
+        pki[s.name] = issue(intermediate, d, s.name, names)
+        pki[f"{s.name}-elsewhere"] = issue(other_root, d, f"{s.name}-elsewhere", names)
     (d / "portainer-password").write_text(PORTAINER_PASSWORD + "\n")
     state = {"gateway_tls11": False, "gateway_cert": "gateway", "backend_cert": {}, "ca_health": True,
              "health": True, "agent_status": 1, "upstream_port_shift": {}}
@@ -486,9 +440,9 @@ def lab(tmp_path_factory):
         named, zone_dir = start_named(topo, d, procs, mounts)
         servers = start_stand_ins(topo, pki, state)
         client = pki["gateway-client"]
-        options = VerifyOptions(outside_source=OUTSIDE, inside_source=INSIDE, root_ca=str(root.file),
-                                root_fingerprint=fingerprint_sha256(root.pem.decode()),
-                                public_ca=str(public_root.file), client_cert=client[0], client_key=client[1],
+        options = VerifyOptions(outside_source=OUTSIDE, inside_source=INSIDE, root_ca=str(root_file),
+                                root_fingerprint=fingerprint_sha256(root.cert_pem),
+                                public_ca=str(public_file), client_cert=client[0], client_key=client[1],
                                 portainer_password_file=str(d / "portainer-password"), timeout=2.0)
         yield Lab(topo, options, named, zone_dir, state)
     finally:
@@ -661,10 +615,10 @@ def test_portainer_is_listed_with_an_api_key_as_well(lab, tmp_path):
 
 @pytest.mark.lab
 def test_a_wrong_root_fails_every_phoenix_check_and_the_fingerprint(lab, tmp_path):
-    other = Ca("Not The Phoenix Root", tmp_path)
-    failed = lab.failing(root_ca=str(other.file))
+    other = TestCA("Not The Phoenix Root").write_cert(tmp_path / "other-root.pem")
+    failed = lab.failing(root_ca=str(other))
     phoenix = {(c.check, c.target) for c in plan_checks(lab.topo, lab.options) if c.trust == "phoenix"}
-    assert failed == phoenix | {("pki/root-fingerprint", str(other.file))}
+    assert failed == phoenix | {("pki/root-fingerprint", str(other))}
     # Without --root-ca the system store cannot know the Phoenix root: the line says what to give.
     results = lab.verify(root_ca=None, root_fingerprint=None)
     ca = next(r for r in results if r.check == "ca/health")

@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 from importlib import resources
-from pathlib import Path
 
 import jsonschema
 import pytest
@@ -16,7 +15,7 @@ import yaml
 
 from conftest import SCHEMAS, edited, stack_config
 from phoenix.plan.engine import is_secret
-from phoenix.plan.writer import COMMAND, pushed_files, tier_of
+from phoenix.plan.writer import pushed_files, tier_of
 from phoenix.stackfile import StackConfig
 
 PASSWORD = "correct-horse-battery-staple-42"

@@ -14,28 +14,24 @@ wrapped to record every command line they get (no password or token may appear t
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import os
-import ssl
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import edited
-from lab import require_isolated, require_tools, wait_port
+from lab import Processes, require_isolated, require_tools
 from phoenix.model import parse_lab
 from phoenix.render import workloads as wl
 from phoenix.stackfile import expand_catalog
 from phoenix.topology import build
+from portainer_standin import PortainerApi, ScriptLab
+from portainer_standin import serve as serve_api
 
 pytestmark = pytest.mark.lab
 
 PASSWORD = "first-password-1234"
-PORT = 9443
 
 
 def topo_with(edit=None):
@@ -47,39 +43,11 @@ def topo_with(edit=None):
 def serve(cert: str, key: str, password: str) -> None:  # pragma: no cover - runs in a child process
     import email.parser
     import re
-    import secrets
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     state = {"users": {1: {"Id": 1, "Username": "admin", "Role": 1, "password": password}},
-             "endpoints": {}, "log": [], "tokens": set(), "next": 1}
+             "endpoints": {}, "log": [], "next": 1}
 
-    class Api(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def reply(self, code, body=None):
-            data = b"" if body is None else json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def body(self):
-            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-
-        def json_body(self):
-            if not (self.headers.get("Content-Type") or "").startswith("application/json"):
-                return None
-            return json.loads(self.body() or b"null")
-
-        def authed(self):
-            token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
-            if token not in state["tokens"]:
-                self.reply(401, {"message": "Unauthorized"})
-                return False
-            return True
-
+    class Api(PortainerApi):
         def handle_any(self, method):
             path = self.path.split("?")[0]
             state["log"].append(f"{method} {path} {self.headers.get('Content-Type', '').split(';')[0]}")
@@ -95,9 +63,7 @@ def serve(cert: str, key: str, password: str) -> None:  # pragma: no cover - run
                 user = next((u for u in state["users"].values() if u["Username"] == body.get("Username")), None)
                 if not user or user["password"] != body.get("Password"):
                     return self.reply(422, {"message": "Invalid credentials"})
-                token = secrets.token_hex(16)
-                state["tokens"].add(token)
-                return self.reply(200, {"jwt": token})
+                return self.logged_in()
             if not self.authed():
                 return
             if path == "/api/users" and method == "GET":
@@ -150,115 +116,31 @@ def serve(cert: str, key: str, password: str) -> None:  # pragma: no cover - run
                     return self.reply(200, ep)
             return self.reply(404, {"message": "Not found"})
 
-        def do_GET(self):
-            self.handle_any("GET")
-
-        def do_POST(self):
-            self.handle_any("POST")
-
-        def do_PUT(self):
-            self.handle_any("PUT")
-
-        def do_DELETE(self):
-            self.handle_any("DELETE")
-
-    server = ThreadingHTTPServer(("127.0.0.1", PORT), Api)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(cert, key)
-    server.socket = ctx.wrap_socket(server.socket, server_side=True)
-    server.serve_forever()
-
-
-def make_pki(root: Path, name: str) -> tuple[Path, Path, Path]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-    now = dt.datetime.now(dt.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test root")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2).not_valid_before(now)
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    pem = serialization.Encoding.PEM
-    paths = root / "root.crt", root / "server.crt", root / "server.key"
-    paths[0].write_bytes(ca.public_bytes(pem))
-    paths[1].write_bytes(leaf.public_bytes(pem))
-    paths[2].write_bytes(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return paths
+    serve_api(Api, cert, key)
 
 
 # -- the lab -----------------------------------------------------------------------------------
-class PortainerLab:
+class PortainerLab(ScriptLab):
     def __init__(self, root: Path, topo):
-        self.root, self.topo = root, topo
-        self.bin = root / "bin"
-        self.bin.mkdir()
-        self.argv_log = root / "argv.log"
-        real = {tool: subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
-                for tool in ("curl", "jq")}
-        for tool, path in real.items():   # record every command line, then run the real tool
-            self._exe(tool, f'printf "%s\\0" {tool} "$@" >> {self.argv_log}; printf "\\n" >> {self.argv_log}\n'
-                            f'exec {path} "$@"\n')
-        self._exe("docker", 'case "$1" in info) exit 0;; *) exit 1;; esac\n')   # `docker compose` absent
-        self._exe("docker-compose", f'echo "docker-compose $*" >> {root}/compose.log\n')
-
-    def _exe(self, name: str, body: str) -> None:
-        path = self.bin / name
-        path.write_text("#!/bin/bash\n" + body)
-        path.chmod(0o755)
-
-    def remap(self, text: str) -> str:
-        for prefix in ("/etc/phoenix/", "/usr/local/lib/phoenix/", "/var/lib/phoenix/"):
-            text = text.replace(prefix, f"{self.root}{prefix}")
-        return text
-
-    def lay(self, files) -> None:
-        for f in files:
-            target = Path(self.remap(f.path))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(self.remap(f.content))
-            target.chmod(f.mode)
+        super().__init__(root, topo)
+        self.exe("docker", 'case "$1" in info) exit 0;; *) exit 1;; esac\n')   # `docker compose` absent
+        self.exe("docker-compose", f'echo "docker-compose $*" >> {root}/compose.log\n')
 
     def run(self, name: str, text: str, *args: str) -> subprocess.CompletedProcess:
         path = self.root / f"{name}.sh"
         path.write_text(self.remap(text))
-        env = {**os.environ, "PATH": f"{self.bin}:{os.environ['PATH']}"}
-        return subprocess.run(["bash", str(path), *args], capture_output=True, text=True, env=env, timeout=120)
-
-    def state(self) -> dict:
-        ctx = ssl.create_default_context(cafile=str(self.root / "etc/phoenix/tls/phoenix-root.crt"))
-        ctx.check_hostname = False
-        with urllib.request.urlopen(f"https://127.0.0.1:{PORT}/_state", context=ctx) as resp:
-            return json.load(resp)
-
-    def argv(self) -> str:
-        return self.argv_log.read_text() if self.argv_log.exists() else ""
+        return subprocess.run(["bash", str(path), *args], capture_output=True, text=True, env=self.env(),
+                              timeout=120)
 
 
 @pytest.fixture(scope="module")
 def plab(tmp_path_factory):
     require_isolated()
     require_tools("curl", "jq", "bash")
-    from lab import Processes
-    topo = topo_with()
-    root = tmp_path_factory.mktemp("portainer-lab")
-    lab = PortainerLab(root, topo)
-    name = topo.service_fqdn(wl.portainer_ui(topo))
-    ca, cert, key = make_pki(root, name)
-    tls = root / "etc/phoenix/tls"
-    tls.mkdir(parents=True)
-    (tls / "phoenix-root.crt").write_bytes(ca.read_bytes())
-    lab.lay(wl.portainer_server_files(topo, PASSWORD, "agent-secret-for-the-lab"))
+    lab = PortainerLab(tmp_path_factory.mktemp("portainer-lab"), topo_with())
     procs = Processes()
-    procs.start([sys.executable, __file__, "serve", str(cert), str(key), PASSWORD])
     try:
-        wait_port("127.0.0.1", PORT, 15)
+        lab.start_portainer(procs, __file__, PASSWORD)
         yield lab
     finally:
         procs.stop_all()

@@ -14,7 +14,6 @@ Run: bash scripts/in-netns.sh .venv/bin/python -m pytest tests/test_workloads_si
 
 from __future__ import annotations
 
-import datetime as dt
 import re
 import shlex
 import socket
@@ -25,10 +24,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from conftest import shipped_plan
 from lab import Processes, add_loopback_addresses, require_isolated, require_tools, wait_port
@@ -36,6 +31,7 @@ from phoenix.plan.writer import pushed_files
 from phoenix.render import mesh
 from phoenix.render import workloads as wl
 from phoenix.topology import TLS_DIR
+from testpki import TestCA, save
 
 pytestmark = pytest.mark.lab
 GUEST = "gpu-c"
@@ -65,42 +61,6 @@ http.server.ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
 '''
 
 
-# -- a test PKI: root -> intermediate -> leaves (what Step-CA issues) --------------------------------
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _cert(subject, issuer, key, issuer_key, *, ca: bool, sans=()):
-    now = dt.datetime.now(dt.timezone.utc)
-    b = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-         .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if sans:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in sans]), critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
-def _pem(cert) -> bytes:
-    return cert.public_bytes(serialization.Encoding.PEM)
-
-
-class Pki:
-    def __init__(self, name: str):
-        self.name, self.key = name, ec.generate_private_key(ec.SECP256R1())
-        self.root = _cert(name, name, self.key, self.key, ca=True)
-        self.int_key = ec.generate_private_key(ec.SECP256R1())
-        self.intermediate = _cert(f"{name} Intermediate", name, self.int_key, self.key, ca=True)
-
-    def issue(self, sans: list[str], cert_path: Path, key_path: Path) -> None:
-        """Leaf + intermediate (certbot's fullchain.pem) and key, where tls_paths() puts them."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        leaf = _cert(sans[0], f"{self.name} Intermediate", key, self.int_key, ca=False, sans=sans)
-        cert_path.write_bytes(_pem(leaf) + _pem(self.intermediate))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
-
-
 # -- the plan's files for the guest, re-rooted into the test's directory ---------------------------
 def requested_sans(obtain_script: str) -> list[str]:
     """The names a certificate step asks Step-CA for (certbot's -d arguments)."""
@@ -125,8 +85,11 @@ class Lab:
         self.services = [s for s in wl.gpu_services_on(self.topo, self.guest) if s.tls_termination == "sidecar"]
         (d / "tls").mkdir()
         (d / "logs").mkdir()
-        self.ca, self.other = Pki("Phoenix Test Root"), Pki("Some Other CA")
-        (d / "tls" / "phoenix-root.crt").write_bytes(_pem(self.ca.root))
+        # root -> intermediate -> leaves, as Step-CA issues them; and the same from another CA
+        root = TestCA("Phoenix Test Root")
+        self.ca = TestCA("Phoenix Test Root Intermediate", parent=root)
+        self.other = TestCA("Some Other CA Intermediate", parent=TestCA("Some Other CA"))
+        root.write_cert(d / "tls" / "phoenix-root.crt")
         for s in self.services:
             self.issue(s.name, self.ca)
         self.conf = d / "nginx.conf"
@@ -140,9 +103,10 @@ class Lab:
         return (text.replace(f"{TLS_DIR}/", f"{self.d}/tls/").replace("/run/nginx.pid", f"{self.d}/nginx.pid")
                 .replace("/var/log/nginx/error.log", f"{self.d}/logs/error.log"))
 
-    def issue(self, service: str, ca: Pki) -> list[str]:
+    def issue(self, service: str, ca: TestCA) -> list[str]:
+        """Leaf + intermediate (certbot's fullchain.pem) and key, where tls_paths() puts them."""
         sans = requested_sans(self.files[f"{wl.SCRIPTS}/cert-{service}.sh"])
-        ca.issue(sans, self.d / "tls" / f"{service}.crt", self.d / "tls" / f"{service}.key")
+        save(ca.issue(sans), self.d / "tls" / f"{service}.crt", self.d / "tls" / f"{service}.key")
         return sans
 
     def start(self) -> None:

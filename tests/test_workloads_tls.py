@@ -9,7 +9,7 @@ import shlex
 
 import pytest
 
-from conftest import edited, shipped_plan
+from conftest import edited
 from phoenix.errors import ConfigError
 from phoenix.model import parse_lab
 from phoenix.plan.writer import pushed_files

@@ -9,6 +9,14 @@ import jinja2
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 
+#: Every TLS server Phoenix configures (gateway, sidecars): Mozilla's "intermediate" TLS 1.2
+#: suites, no DHE; TLS 1.3 suites are OpenSSL's defaults.
+TLS12_CIPHERS = ":".join([
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+])
+
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:

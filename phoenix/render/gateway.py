@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from phoenix.bundle import GuestFile
-from phoenix.render import config_text, render
+from phoenix.render import TLS12_CIPHERS, config_text, render
 from phoenix.topology import ROOT_CA_TRUST_PATH, TLS_DIR, Topology, tls_paths
 
 # -- where things live on the gateway guest -----------------------------------------------
@@ -46,12 +46,7 @@ RATE_ZONE = "phoenix_per_client"
 LOG_FORMAT = "phoenix_upstream_timing"
 UPSTREAM_KEEPALIVE = 32
 WORKER_CONNECTIONS = 4096
-#: Mozilla's "intermediate" list (TLS 1.2; TLS 1.3 suites are OpenSSL's defaults), no DHE.
-CIPHERS = ":".join([
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-])
+CIPHERS = TLS12_CIPHERS
 NGINX_CHECK = "nginx -t"
 #: reload, or start nginx if it is not running (a fresh guest, a crash).
 NGINX_RELOAD = "systemctl reload-or-restart nginx"

@@ -15,7 +15,7 @@ import yaml
 from components.base import SCRIPTS
 from phoenix.bundle import GuestFile
 from phoenix.model import Guest, Service
-from phoenix.render import config_text, render
+from phoenix.render import TLS12_CIPHERS, config_text, render
 from phoenix.topology import Topology, gpu_device_paths, tls_paths
 
 WAIT_DEVICES = f"{SCRIPTS}/wait-gpu-devices"
@@ -214,12 +214,7 @@ SIDECAR_RELOAD = "systemctl enable --quiet nginx && systemctl reload-or-restart 
 SIDECAR_IDLE_SECONDS = 120
 #: how long the sidecar's health check waits for its ports after a (re)load.
 SIDECAR_HEALTH_WAIT = 30
-#: Mozilla's "intermediate" TLS 1.2 suites (TLS 1.3 suites are OpenSSL's defaults), no DHE.
-SIDECAR_CIPHERS = ":".join([
-    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
-    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
-    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
-])
+SIDECAR_CIPHERS = TLS12_CIPHERS
 
 
 @dataclass(frozen=True)
