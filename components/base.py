@@ -24,8 +24,7 @@ from phoenix.bundle import GuestFile, pack
 from phoenix.model import Guest, Lab
 from phoenix.topology import Topology
 
-APPLY = "/usr/local/sbin/phoenix-apply"
-SCRIPTS = "/usr/local/lib/phoenix"
+from phoenix.render import APPLY, SCRIPTS
 
 
 @dataclass

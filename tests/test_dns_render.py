@@ -235,7 +235,6 @@ def test_the_check_runs_named_checkzone_on_every_zone_then_named_checkconf(topo)
     for z in render.zones(topo):
         assert f"named-checkzone -k fail {z.name} {z.file}" in check
     assert check.endswith(f"named-checkconf -z {render.NAMED_CONF}")
-    assert render.SCRIPTS_DIR == __import__("components.base", fromlist=["SCRIPTS"]).SCRIPTS
 
 
 # -- BIND's own tools ----------------------------------------------------------------------------

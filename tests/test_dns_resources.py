@@ -42,7 +42,7 @@ def test_the_dns_tier_is_an_install_then_a_transactional_config_push(any_plan):
     assert bootstrap in install.dependencies
     assert {bootstrap, install.urn} <= set(config.dependencies)
     installed = {f.path: f for f in unpack(install.value("stdin"))}
-    script = installed[f"{render.SCRIPTS_DIR}/{render.INSTALL_STEP}.sh"].content
+    script = installed[f"{render.SCRIPTS}/{render.INSTALL_STEP}.sh"].content
     assert "apt-get install" in script and "bind9 bind9-utils dnsutils" in script
     create = config.value("create")
     assert f"--check {shlex.quote(render.check_command(topo))}" in create

@@ -283,7 +283,7 @@ def test_unit_grants_no_capability_when_no_port_is_privileged(monkeypatch):
     assert "CapabilityBoundingSet=\n" in unit
 
 
-@pytest.mark.parametrize("path", [mesh.HEALTH_SCRIPT, f"{mesh.SCRIPTS_DIR}/{'traefik-install'}.sh"])
+@pytest.mark.parametrize("path", [mesh.HEALTH_SCRIPT, f"{mesh.SCRIPTS}/{'traefik-install'}.sh"])
 def test_generated_scripts_pass_shellcheck(stack, path, tmp_path):
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (scripts/install-debian-deps.sh installs it)")

@@ -48,7 +48,7 @@ def test_each_step_pushes_its_own_files_with_its_own_hooks(dev_plan):
     files = {r.name: {f.path: f for f in bundle_of(r)} for r in dev_plan.run.by_type(COMMAND)
              if r.name.startswith(f"{dev_plan.topo.mesh.name}-traefik")}
     install, static, dynamic = (files[f"mesh-{s}"] for s in ("traefik-install", "traefik-static", "traefik-dynamic"))
-    assert list(install) == [f"{mesh.SCRIPTS_DIR}/traefik-install.sh"]
+    assert list(install) == [f"{mesh.SCRIPTS}/traefik-install.sh"]
     assert set(static) == {mesh.STATIC_PATH, mesh.UNIT_PATH, mesh.HEALTH_SCRIPT, mesh.USERS_PATH}
     assert set(dynamic) == {mesh.DYNAMIC_PATH, mesh.EXPECTED_PATH}
     # The dynamic file lands in the directory the file provider watches: no restart, no reload hook.

@@ -9,6 +9,10 @@ import jinja2
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 
+#: Where every guest keeps the scripts Phoenix pushes, and the transactional installer they go through.
+SCRIPTS = "/usr/local/lib/phoenix"
+APPLY = "/usr/local/sbin/phoenix-apply"
+
 #: Every TLS server Phoenix configures (gateway, sidecars): Mozilla's "intermediate" TLS 1.2
 #: suites, no DHE; TLS 1.3 suites are OpenSSL's defaults.
 TLS12_CIPHERS = ":".join([

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from phoenix.bundle import GuestFile
-from phoenix.render import render
+from phoenix.render import SCRIPTS, render
 from phoenix.topology import Record, Topology
 
 NAMED_CONF = "/etc/bind/named.conf"
@@ -39,9 +39,8 @@ ZONE_DIR = f"{PHOENIX_DIR}/zones"
 #: named writes here (journals, dumps of dynamic zones); Debian's bind9 makes it root:bind 0775.
 DYNAMIC_DIR = "/var/lib/bind"
 #: where phoenix steps keep their scripts (components.base.SCRIPTS; the core does not import the shell).
-SCRIPTS_DIR = "/usr/local/lib/phoenix"
-RELOAD_SCRIPT = f"{SCRIPTS_DIR}/dns-reload.sh"
-HEALTH_SCRIPT = f"{SCRIPTS_DIR}/dns-health.sh"
+RELOAD_SCRIPT = f"{SCRIPTS}/dns-reload.sh"
+HEALTH_SCRIPT = f"{SCRIPTS}/dns-health.sh"
 INSTALL_STEP = "bind-install"
 VIEWS = ("internal", "external")
 

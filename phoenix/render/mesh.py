@@ -33,7 +33,7 @@ import yaml
 
 from phoenix.errors import ConfigError, problem
 from phoenix.model import Service
-from phoenix.render import render
+from phoenix.render import SCRIPTS, render
 from phoenix.topology import ROOT_CA_TRUST_PATH, Backend, Route, Topology
 
 # -- where things live on the mesh guest ------------------------------------------------------
@@ -49,8 +49,7 @@ STATE_DIR = "/var/lib/traefik"
 ACME_STORAGE = f"{STATE_DIR}/acme.json"
 UNIT_PATH = "/etc/systemd/system/traefik.service"
 #: where phoenix steps keep their scripts (components.base.SCRIPTS; the core does not import the shell).
-SCRIPTS_DIR = "/usr/local/lib/phoenix"
-HEALTH_SCRIPT = f"{SCRIPTS_DIR}/traefik-health.sh"
+HEALTH_SCRIPT = f"{SCRIPTS}/traefik-health.sh"
 USER = "traefik"
 
 # -- names inside the configuration ----------------------------------------------------------

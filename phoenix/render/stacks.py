@@ -23,11 +23,10 @@ import yaml
 from phoenix.bundle import GuestFile
 from phoenix.errors import problem
 from phoenix.model import Guest, Lab, Service
-from phoenix.render import render
+from phoenix.render import SCRIPTS, render
 from phoenix.render.workloads import PORTAINER_API_LIB, PORTAINER_DIR, SIDECAR_CIPHERS, agent_url
 from phoenix.topology import Topology, tls_paths
 
-SCRIPTS = "/usr/local/lib/phoenix"   # components.base.SCRIPTS, without importing Pulumi here
 #: on the Portainer VM: the request (compose file and environment, secrets included) per stack.
 REQUEST_DIR = f"{PORTAINER_DIR}/stacks"
 APP, SIDECAR = "app", "tls"

@@ -14,10 +14,9 @@ from typing import Optional, Sequence
 from phoenix.bundle import GuestFile
 from phoenix.model import Lab
 from phoenix.pki import ca_policy, encrypted_jwk, jwk_pair
-from phoenix.render import render
+from phoenix.render import SCRIPTS, render
 from phoenix.topology import ROOT_CA_TRUST_PATH, TLS_DIR, Topology, tls_paths
 
-SCRIPTS = "/usr/local/lib/phoenix"   # components.base.SCRIPTS, without importing Pulumi here
 ROOT_PATH = tls_paths("phoenix").root
 
 # -- Step-CA on its guest ------------------------------------------------------------------

@@ -12,10 +12,9 @@ from typing import Optional
 
 import yaml
 
-from components.base import SCRIPTS
 from phoenix.bundle import GuestFile
 from phoenix.model import Guest, Service
-from phoenix.render import TLS12_CIPHERS, config_text, render
+from phoenix.render import SCRIPTS, TLS12_CIPHERS, config_text, render
 from phoenix.topology import Topology, gpu_device_paths, tls_paths
 
 WAIT_DEVICES = f"{SCRIPTS}/wait-gpu-devices"
