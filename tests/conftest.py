@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +13,8 @@ from phoenix.plan import make_plan
 from phoenix.stackfile import StackConfig, read_stack_file
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+#: JSON Schemas the tests validate against, kept in the repository (origins in its README).
+SCHEMAS = ROOT / "tests" / "schemas"
 SHIPPED_STACKS = ("dev", "cluster")
 
 pytest_plugins = ["lab"]
@@ -59,3 +61,27 @@ def cluster_plan():
 @pytest.fixture(params=SHIPPED_STACKS)
 def any_plan(request):
     return shipped_plan(request.param)
+
+
+# -- in CI a skip is a failure ----------------------------------------------------------------
+#: the only skip CI allows: what needs the Pulumi CLI, which no Debian or PyPI package ships.
+ALLOWED_CI_SKIPS = ("the pulumi CLI is not installed",)
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under ``CI=true`` a skipped test fails the run (a missing tool can no longer pass
+    silently), except the skips in ``ALLOWED_CI_SKIPS``."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (in_ci() and report.skipped) or hasattr(report, "wasxfail"):
+        return
+    reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+    if any(allowed in reason for allowed in ALLOWED_CI_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = f"skipped in CI (CI=true), which counts as a failure: {reason}"

@@ -306,8 +306,8 @@ def test_the_pinned_sha256_reaches_the_install_script_and_its_absence_is_warned(
     unpinned = topo_of(edited("dev", lambda raw: None))
     assert unpinned.lab.mesh.traefik_sha256 is None
     assert mesh.deploy_problems(unpinned) == [
-        "phoenix:mesh.traefikSha256: required to install Traefik 3.1.6: the sha256 of "
-        "traefik_v3.1.6_linux_amd64.tar.gz from the release's traefik_v3.1.6_checksums.txt"]
+        "phoenix:mesh.traefikSha256: required to install Traefik 3.7.15: the sha256 of "
+        "traefik_v3.7.15_linux_amd64.tar.gz from the release's traefik_v3.7.15_checksums.txt"]
     assert 'sha256=""' in mesh.install_script(unpinned)
     pin = "ab" * 32     # a test value, not a real release's checksum
     pinned = topo_of(edited("dev", lambda raw: raw.setdefault("mesh", {}).update(traefikSha256=pin)))

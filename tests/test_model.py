@@ -220,7 +220,7 @@ def test_a_real_deployment_refuses_unpinned_release_checksums_before_any_resourc
     stack, _ = with_placeholder_secrets(stack_config("dev"))
     with pytest.raises(pulumi.RunError) as info:
         run_program(stack, program=as_real_run)
-    assert "phoenix:mesh.traefikSha256: required to install Traefik 3.1.6" in str(info.value)
+    assert "phoenix:mesh.traefikSha256: required to install Traefik 3.7.15" in str(info.value)
     assert "phoenix:pki.stepCliSha256: required to install step-cli" in str(info.value)
     assert info.value.phoenix_registered == []
 
