@@ -39,6 +39,7 @@ bench: setup deps
 	$(PY) bench/plan_bench.py
 	$(PY) bench/blast_radius.py --stacks dev,large
 	bash scripts/in-netns.sh $(PY) bench/gateway_throughput.py
+	bash scripts/in-netns.sh $(PY) bench/mesh_hop.py
 
 clean:
 	rm -rf build .pytest_cache

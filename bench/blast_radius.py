@@ -146,6 +146,7 @@ def main() -> int:
     for name, _total, label, what, *_ in rows:
         print(f"{name} {label}: {what}")
     print("guest replacements: " + ("none (target: none)" if not missed else "; ".join(missed) + " (TARGET MISSED)"))
+    print(f"command: .venv/bin/python bench/blast_radius.py --stacks {args.stacks}")
     return 0
 
 

@@ -1,21 +1,33 @@
-"""Gateway throughput: requests/s through the gateway as a ratio of requests/s straight to the backend.
+"""Gateway benchmark: the plan's generated nginx configuration against a bare proxy_pass, like with like.
 
 Run inside the isolated namespace (it starts servers):
 
     bash scripts/in-netns.sh .venv/bin/python bench/gateway_throughput.py [--requests N] [--clients C]
 
-The gateway is brought up from the dev stack's plan exactly as the lab test does (the plan's
-steps through phoenix-apply over Debian's nginx tree), with one edit: the per-client rate
-limit is raised out of the way (``limit_req`` still runs), since one load generator on one
-address would otherwise measure the 429 path. The backend standing in for the mesh is a
-second nginx answering a small static body over TLS on the mesh's gateway entrypoint, with
-a certificate from the plan's PKI; it asks for a client certificate (the gateway presents
-its own) but does not insist, so the load generator can reach it directly.
+Two proxies, one nginx binary (Debian's), in front of one backend, measured by one client:
 
-h2load sends a fixed number of requests over keepalive connections, HTTP/1.1 on both paths
-(and, for reference, HTTP/2 from the client to the gateway). Figures are ratios, never
-absolute requirements; the load generator, the gateway and the backend share this machine's
-cores, so the ratio includes the gateway's CPU taken from the other two.
+* generated: the gateway as the dev stack's plan makes it, brought up exactly as the lab test
+  does (the plan's steps through phoenix-apply over Debian's nginx tree). One edit: the
+  per-client rate limit is raised out of the way, since one load generator on one address
+  would otherwise measure the 429 path (``limit_req`` still runs on every request).
+* bare: the same nginx with the smallest configuration that proxies to the same backend
+  as fast as nginx can (TLS listener with the same certificate and protocols, ``proxy_pass``
+  over TLS with upstream keepalive) and nothing else: no rate limit, no access log, no
+  header rewriting, no verification of the backend, no client certificate. It listens on
+  127.0.0.11:8443, since the generated gateway holds port 443 on every address.
+
+The backend standing in for the mesh is a third nginx answering a small static body over
+TLS on the mesh's gateway entrypoint, with a certificate from the plan's PKI; it asks for a
+client certificate but does not insist (the bare proxy presents none). Both proxies run on
+CPU 1 (the gateway's own LXC), the load generator and the backend on CPU 0, for both runs
+alike. h2load sends the same requests over the same keepalive connections to each proxy
+in turn (HTTP/1.1, and HTTP/2 from the client), rounds alternating; figures are medians.
+
+Reported: requests per second through each proxy and their ratio (goal: the generated
+configuration at least 0.9 of the bare proxy), the proxy's own CPU time per request (its
+master and workers, from /proc: the cost of the configuration whichever side limits the
+rate), and the first-event latency of a server-sent-event stream (the llm service is a
+streaming one) through each proxy and straight to the backend.
 """
 
 from __future__ import annotations
@@ -23,6 +35,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -34,9 +48,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from conftest import edited  # noqa: E402
-from gateway_harness import GatewayLab  # noqa: E402
+from gateway_harness import GatewayLab, MeshStandIn  # noqa: E402
 from lab import Processes, non_loopback_routes, wait_port  # noqa: E402
 from phoenix.plan import make_plan  # noqa: E402
+from phoenix.render import gateway as gw  # noqa: E402
+
+RATIO_GOAL = 0.9
+PROXY_CPU, REST_CPU = "1", "0"
+#: the bare proxy's listener: the generated gateway holds port 443 on every address.
+BARE_ADDRESS, BARE_PORT = "127.0.0.11", 8443
+TICK = os.sysconf("SC_CLK_TCK")
 
 BACKEND_CONF = """
 worker_processes auto;
@@ -62,8 +83,37 @@ http {{
             default_type text/plain;
             return 200 "ok\\n";
         }}
-        location = /backend-status {{
-            stub_status;
+    }}
+}}
+"""
+
+#: the bare proxy: what anyone writes to put nginx with TLS in front of a TLS backend, and
+#: keepalive to it (without it every request would pay a TLS handshake to the backend).
+BARE_CONF = """
+worker_processes auto;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream backend {{
+        server {backend};
+        keepalive 32;
+    }}
+    server {{
+        listen {address}:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{
+            proxy_pass https://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
         }}
     }}
 }}
@@ -74,70 +124,137 @@ def unlimited(raw: dict) -> None:
     raw.setdefault("gateway", {}).update({"rateLimitPerSecond": 10_000_000, "rateLimitBurst": 10_000_000})
 
 
-def h2load(url: str, requests: int, clients: int, h1: bool, cpu: str | None) -> tuple[float, list[str]]:
-    cmd = ["h2load", "-n", str(requests), "-c", str(clients), "-t", "1"] + (["--h1"] if h1 else []) + [url]
-    out = subprocess.run(pinned(cmd, cpu), capture_output=True, text=True, timeout=300).stdout
+def pinned(cmd: list[str], cpu: str) -> list[str]:
+    return ["taskset", "-c", cpu, *cmd]
+
+
+def h2load_cmd(url: str, requests: int, clients: int, h1: bool) -> list[str]:
+    return pinned(["h2load", "-n", str(requests), "-c", str(clients), "-t", "1", *(["--h1"] if h1 else []), url],
+                  REST_CPU)
+
+
+def h2load(url: str, requests: int, clients: int, h1: bool) -> float:
+    out = subprocess.run(h2load_cmd(url, requests, clients, h1), capture_output=True, text=True, timeout=300).stdout
     rate = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
-    done = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", out)
+    failed = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", out)
     codes = re.search(r"status codes: (\d+) 2xx", out)
-    if int(done.group(1)) or int(codes.group(1)) != requests:
-        raise SystemExit(f"h2load saw failures:\n{out}")
-    return rate, cmd
+    if int(failed.group(1)) or int(codes.group(1)) != requests:
+        raise SystemExit(f"h2load saw failures on {url}:\n{out}")
+    return rate
 
 
-def pinned(cmd: list[str], cpu: str | None) -> list[str]:
-    return ["taskset", "-c", cpu, *cmd] if cpu else cmd
-
-
-def backend_connections(url: str) -> int:
-    """Connections the backend has accepted so far (its stub_status)."""
-    out = subprocess.run(["curl", "-ks", url], capture_output=True, text=True).stdout
-    return int(out.split("\n")[2].split()[0])
-
-
-def measure(args, pin: bool) -> dict:
-    """One lab: the gateway (on its own CPU when ``pin``), the backend, h2load; medians of rounds."""
-    cpu_gateway, cpu_rest = ("1", "0") if pin else (None, None)
-    plan = make_plan(edited("dev", unlimited))
-    procs = Processes()
-    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        lab = GatewayLab(plan, Path(tmp), procs)
+def tree_cpu(master: int) -> float:
+    """CPU seconds (user + system) of a process and its children (an nginx master and workers)."""
+    total = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
         try:
-            lab.up(mesh=False, launcher=("taskset", "-c", cpu_gateway) if pin else ())
-            # a buffered (non-streaming) service: small API-like responses
-            server = next((s for s in lab.servers if not s.streaming), lab.servers[0])
-            backend = Path(tmp) / "backend"
-            backend.mkdir()
-            chain, key = lab.pki.leaf(server.ssl_name, dns=[server.ssl_name])
-            (backend / "mesh.crt").write_text(chain)
-            (backend / "mesh.key").write_text(key)
-            (backend / "root.crt").write_text(lab.pki.root_pem)
-            (backend / "nginx.conf").write_text(BACKEND_CONF.format(
-                prefix=backend, address=server.upstream_address, port=server.upstream_port))
-            procs.start(pinned(["nginx", "-p", f"{backend}/", "-c", f"{backend}/nginx.conf",
-                                "-g", "daemon off;"], cpu_rest))
-            wait_port(server.upstream_address, server.upstream_port)
-            direct = f"https://{server.ssl_name}:{server.upstream_port}/"
-            through = f"https://{server.host}/"
-            status = f"{direct}backend-status"
-            for url in (direct, through):     # warm up: sessions, keepalive pools, page cache
-                h2load(url, 2000, args.clients, True, cpu_rest)
-            runs = {"direct": [], "gateway": [], "gateway-h2": []}
-            upstream_conns = []
-            for _ in range(args.rounds):
-                for label, url, h1 in (("direct", direct, True), ("gateway", through, True),
-                                       ("gateway-h2", through, False)):
-                    before = backend_connections(status)
-                    rate, cmd = h2load(url, args.requests, args.clients, h1, cpu_rest)
-                    runs[label].append(rate)
-                    if label != "direct":   # the gateway's connections to the backend (keepalive)
-                        upstream_conns.append(backend_connections(status) - before - 1)
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(proc.name) == master or int(fields[1]) == master:
+            total += int(fields[11]) + int(fields[12])       # utime, stime (clock ticks)
+    return total / TICK
+
+
+def first_event_ms(address: str, host: str, port: int = 443, tries: int = 15) -> list[float]:
+    """Milliseconds from sending ``GET /sse`` on an open TLS connection to the first event."""
+    ctx = ssl._create_unverified_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    out = []
+    for _ in range(tries):
+        with socket.create_connection((address, port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname=host) as tls:
+            tls.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            start = time.perf_counter()
+            tls.sendall(f"GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n".encode())
+            seen = b""
+            while b"data: chunk 0" not in seen:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    raise SystemExit(f"stream through {address} ended before its first event:\n{seen!r}")
+                seen += chunk
+            out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+class Bench:
+    def __init__(self, args, tmp: Path, procs: Processes):
+        self.args, self.tmp, self.procs = args, tmp, procs
+        self.plan = make_plan(edited("dev", unlimited))
+        (tmp / "lab").mkdir()
+        self.lab = GatewayLab(self.plan, tmp / "lab", procs)
+        # throughput on a buffered (non-streaming) service, the first event on a streaming one
+        self.server = next(s for s in self.lab.servers if not s.streaming)
+        self.streaming = next(s for s in self.lab.servers if s.streaming)
+        self.bare_host = f"bare-proxy.{self.plan.topo.lab.domains.public}"
+
+    def up(self) -> None:
+        self.lab.up(mesh=False, launcher=("taskset", "-c", PROXY_CPU))
+        with open("/etc/hosts", "a") as hosts:   # the lab's private copy of /etc
+            hosts.write(f"{BARE_ADDRESS} {self.bare_host}\n")
+        self.backend = self.start_backend()
+        bare = self.tmp / "bare"
+        for d in ("", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (bare / d).mkdir(exist_ok=True)
+        self.bare_conf = BARE_CONF.format(
+            prefix=bare, address=BARE_ADDRESS, port=BARE_PORT,
+            backend=f"{self.server.upstream_address}:{self.server.upstream_port}",
+            cert=f"{gw.PUBLIC_CERT_LINK}/fullchain.pem", key=f"{gw.PUBLIC_CERT_LINK}/privkey.pem")
+        (bare / "nginx.conf").write_text(self.bare_conf)
+        self.bare = self.procs.start(pinned(["nginx", "-p", f"{bare}/", "-c", f"{bare}/nginx.conf",
+                                             "-g", "daemon off;"], PROXY_CPU), stdout=subprocess.DEVNULL)
+        wait_port(BARE_ADDRESS, BARE_PORT)
+        if self.bare.poll() is not None:
+            raise SystemExit(f"the bare proxy did not start:\n{(bare / 'error.log').read_text()}")
+
+    def start_backend(self) -> subprocess.Popen:
+        backend = self.tmp / "backend"
+        backend.mkdir(exist_ok=True)
+        chain, key = self.lab.pki.leaf(self.server.ssl_name, dns=[self.server.ssl_name])
+        (backend / "mesh.crt").write_text(chain)
+        (backend / "mesh.key").write_text(key)
+        (backend / "root.crt").write_text(self.lab.pki.root_pem)
+        (backend / "nginx.conf").write_text(BACKEND_CONF.format(
+            prefix=backend, address=self.server.upstream_address, port=self.server.upstream_port))
+        proc = self.procs.start(pinned(["nginx", "-p", f"{backend}/", "-c", f"{backend}/nginx.conf",
+                                        "-g", "daemon off;"], REST_CPU), stdout=subprocess.DEVNULL)
+        wait_port(self.server.upstream_address, self.server.upstream_port)
+        return proc
+
+    def throughput(self) -> dict:
+        a = self.args
+        proxies = {"generated": (f"https://{self.server.host}/", self.lab.nginx.pid),
+                   "bare": (f"https://{self.bare_host}:{BARE_PORT}/", self.bare.pid)}
+        for url, _ in proxies.values():     # warm up: sessions, keepalive pools, page cache
+            h2load(url, 2000, a.clients, True)
+        runs: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for _ in range(a.rounds):
+            for proto, h1 in (("HTTP/1.1", True), ("HTTP/2", False)):
+                for name, (url, master) in proxies.items():
+                    before = tree_cpu(master)
+                    rate = h2load(url, a.requests, a.clients, h1)
+                    cpu_us = (tree_cpu(master) - before) / a.requests * 1e6
+                    runs.setdefault((name, proto), []).append((rate, cpu_us))
                     time.sleep(0.2)
+        return runs
+
+    def sse(self) -> dict[str, list[float]]:
+        """First-event latency, with a streaming backend on the mesh's address (the stand-in of
+        the gateway lab: three events 0.3 s apart), through each proxy and straight to it."""
+        self.backend.terminate()
+        self.backend.wait(timeout=10)
+        s = self.streaming
+        chain, key = self.lab.pki.ca.issue([s.ssl_name])
+        mesh = MeshStandIn((s.upstream_address, s.upstream_port), chain, key, self.lab.pki.root_pem, self.tmp)
+        mesh.ctx.verify_mode = ssl.CERT_OPTIONAL       # the bare proxy presents no certificate
+        try:
+            return {"generated": first_event_ms(self.lab.gateway_address, s.host),
+                    "bare": first_event_ms(BARE_ADDRESS, self.bare_host, BARE_PORT),
+                    "backend": first_event_ms(s.upstream_address, s.ssl_name, s.upstream_port)}
         finally:
-            lab.down()
-    return {"runs": runs, "median": {k: statistics.median(v) for k, v in runs.items()},
-            "cmd": cmd, "urls": {"direct": direct, "gateway": through, "gateway-h2": through},
-            "upstream_connections": max(upstream_conns)}
+            mesh.stop()
 
 
 def main() -> int:
@@ -153,23 +270,47 @@ def main() -> int:
     if non_loopback_routes():
         print("refusing to start servers: run inside scripts/in-netns.sh (non-loopback routes exist)")
         return 2
-    setups = [("shared: load generator, gateway and backend on all CPUs", False)]
-    if len(os.sched_getaffinity(0)) >= 2:
-        setups.append(("pinned: gateway on CPU 1 (its own LXC), load generator and backend on CPU 0", True))
-    print(f"{args.requests} requests per run over {args.clients} keepalive connections, "
-          f"median of {args.rounds} rounds")
-    for title, pin in setups:
-        res = measure(args, pin)
-        med = res["median"]
-        print(f"\n{title}")
-        for label in ("direct", "gateway", "gateway-h2"):
-            print(f"  {label:<11} {med[label]:>8.0f} req/s  (runs {', '.join(f'{r:.0f}' for r in res['runs'][label])})"
-                  f"  {res['urls'][label]}")
-        print(f"  gateway-to-backend connections per run: at most {res['upstream_connections']} (keepalive)")
-        print(f"  ratio gateway/direct, HTTP/1.1 both:     {med['gateway'] / med['direct']:.2f}")
-        print(f"  ratio gateway (HTTP/2)/direct (HTTP/1.1): {med['gateway-h2'] / med['direct']:.2f}")
-    print("\ncommand: " + " ".join(res["cmd"][:-1]) + " [--h1] <url>")
+    if len(os.sched_getaffinity(0)) < 2:
+        print("needs two CPUs (the proxy on one, the load generator and the backend on the other)")
+        return 2
+    procs = Processes()
+    with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
+        bench = Bench(args, Path(tmp), procs)
+        try:
+            bench.up()
+            runs = bench.throughput()
+            sse = bench.sse()
+        finally:
+            bench.lab.down()
+    report(args, bench, runs, sse)
     return 0
+
+
+def report(args, bench: Bench, runs: dict, sse: dict[str, list[float]]) -> None:
+    med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
+    print(f"{args.requests} requests per run over {args.clients} keepalive connections, median of "
+          f"{args.rounds} rounds; both proxies on CPU {PROXY_CPU}, h2load and the backend on CPU {REST_CPU}")
+    print(f"\n{'protocol':<9} {'proxy':<10} {'req/s':>8} {'proxy CPU us/req':>16}   runs (req/s)")
+    for (name, proto), values in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0] != "generated")):
+        rate, cpu = med[(name, proto)]
+        print(f"{proto:<9} {name:<10} {rate:>8.0f} {cpu:>16.1f}   {', '.join(f'{r:.0f}' for r, _ in values)}")
+    print(f"\n{'protocol':<9} {'req/s generated/bare':>21} {'CPU per request bare/generated':>31}   goal")
+    for proto in ("HTTP/1.1", "HTTP/2"):
+        (g_rate, g_cpu), (b_rate, b_cpu) = med[("generated", proto)], med[("bare", proto)]
+        ratio = g_rate / b_rate
+        print(f"{proto:<9} {ratio:>21.2f} {b_cpu / g_cpu:>31.2f}   >= {RATIO_GOAL}: "
+              f"{'ok' if ratio >= RATIO_GOAL else 'MISSED'}")
+    print("\nfirst event of a server-sent-event stream (ms from request to the first `data:` line):")
+    for name, values in sse.items():
+        values = sorted(values)
+        print(f"  {name:<10} median {statistics.median(values):7.1f}  p90 {values[int(0.9 * (len(values) - 1))]:7.1f}"
+              f"  (n={len(values)})")
+    print("\ncommands:")
+    print("  " + " ".join(h2load_cmd(f"https://{bench.server.host}/", args.requests, args.clients, True)))
+    print("  " + " ".join(h2load_cmd(f"https://{bench.bare_host}:{BARE_PORT}/", args.requests, args.clients, True)))
+    print("  (and the same without --h1 for HTTP/2); bare proxy configuration:")
+    print("\n".join("    " + line for line in bench.bare_conf.strip().splitlines()
+                    if "temp_path" not in line))
 
 
 if __name__ == "__main__":

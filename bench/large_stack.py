@@ -1,7 +1,11 @@
-"""A generated large stack for the benchmarks: 40 GPU services, 30 Docker agents, 300 catalog services.
+"""Generated large stacks for the benchmarks: by default 40 GPU services, 30 agents, 300 services.
 
-    from bench.large_stack import large_stack
-    stack = large_stack()            # a StackConfig, like read_stack_file() gives
+    from bench.large_stack import large_stack, sized_stack, write_stack_file
+    stack = large_stack()            # a StackConfig, like read_stack_file() gives (770 resources)
+    stack = sized_stack(4000)        # the same shape scaled to about 4,000 resources
+    path = write_stack_file(stack, directory)   # Pulumi.<name>.yaml, for `phoenix plan --config-file`
+
+    .venv/bin/python bench/large_stack.py [--resources N] [--write DIR]
 
 Everything the dev stack sets beyond the lab's shape (images, ACME, PKI, mesh and Portainer
 settings and pins) is taken from Pulumi.dev.yaml, so the large stack plans with the same
@@ -13,13 +17,19 @@ result is validated by the model like any stack file.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import ipaddress
+import sys
 from pathlib import Path
 
-from phoenix.stackfile import StackConfig, expand_catalog, read_stack_file
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from phoenix.stackfile import StackConfig, expand_catalog, read_stack_file  # noqa: E402
+
 GPU_SERVICES = 40
 AGENTS = 30
 CATALOG_SERVICES = 300
@@ -86,10 +96,49 @@ def large_stack(gpu_services: int = GPU_SERVICES, agents: int = AGENTS,
     return StackConfig(name, values, set(dev.secret_keys), dev.root)
 
 
-if __name__ == "__main__":
+#: custom resources of a plan: FIXED for the four singleton tiers, PKI and provider, plus
+#: PER_SCALE for each multiple of the default shape (40 GPU services, 30 agents, 300 services);
+#: measured with `bench/large_stack.py --count` (770 resources at scale 1, 1,470 at scale 2).
+FIXED, PER_SCALE = 70, 700
+
+
+def sized_stack(resources: int, name: str | None = None) -> StackConfig:
+    """The default shape scaled so that its plan registers about ``resources`` custom resources
+    (within a few per cent; the benchmark reads the exact count from the plan)."""
+    scale = max(resources - FIXED, 1) / PER_SCALE
+    gpu, agents = max(1, round(GPU_SERVICES * scale)), max(1, round(AGENTS * scale))
+    return large_stack(gpu, agents, max(gpu + 1, round(CATALOG_SERVICES * scale)),
+                       name=name or f"large{resources}")
+
+
+def write_stack_file(stack: StackConfig, directory: Path) -> Path:
+    """``stack`` as ``Pulumi.<name>.yaml`` in ``directory`` (secrets stay ``secure:`` ciphertext)."""
+    config = {k: ({"secure": v} if k in stack.secret_keys else v) for k, v in stack.values.items()}
+    path = Path(directory) / f"Pulumi.{stack.name}.yaml"
+    path.write_text(yaml.safe_dump({"config": config}, sort_keys=True))
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--resources", type=int, help="scale the default shape to about N resources")
+    ap.add_argument("--write", type=Path, help="write the stack file into this directory")
+    ap.add_argument("--count", action="store_true", help="plan it in this process and count its resources")
+    args = ap.parse_args()
     from phoenix.model import parse_lab
-    stack = large_stack()
+    stack = sized_stack(args.resources) if args.resources else large_stack()
     lab = parse_lab(stack.phoenix())
     print(f"{stack.name}: {len(lab.guests)} guests ({len(lab.role('gpu'))} GPU, {len(lab.role('agent'))} agents), "
           f"{len(lab.services)} services ({sum(s.gpu for s in lab.services)} GPU, "
           f"{sum(s.public for s in lab.services)} public)")
+    if args.write:
+        print(f"written to {write_stack_file(stack, args.write)}")
+    if args.count:
+        from phoenix.plan import make_plan
+        plan = make_plan(stack)
+        print(f"{sum(r.custom for r in plan.run.resources)} custom resources")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

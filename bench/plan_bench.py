@@ -1,89 +1,207 @@
-"""Plan benchmark (issue 2): plan wall time, time per resource, and the longest dependency chain.
+"""Plan benchmark: the offline plan as a user runs it, against a bare Pulumi mock engine, in one run.
 
-Runs the offline plan of the shipped stacks and of a generated large stack (about 40 GPU
-services, 30 agents, 300 catalog services) in this process and reports figures from the
-same run, so the ratios compare like with like on a shared, noisy machine:
+    .venv/bin/python bench/plan_bench.py [--rounds 3] [--sizes 1000,2000,4000]
 
-    .venv/bin/python bench/plan_bench.py [--repeat 3]
+For the dev and cluster stacks and generated stacks of about 1,000, 2,000 and 4,000
+resources (bench/large_stack.py), times whole commands in child processes, the way a user
+runs them:
 
-Targets: dev plan under 3 s wall; time per resource of the large stack at most 1.2 x that of
-dev (linear growth); the same longest dependency chain for dev and large (parallelism of a
-deployment does not shrink as the lab grows).
+    phoenix plan --stack dev --out DIR                   (generated stacks: --config-file FILE)
+    python bench/bare_engine.py --resources N           (N: the plan's own resource count)
+
+bench/bare_engine.py registers the same number of resources (container + command pairs,
+nothing else) under the same Pulumi mock runtime, so a ratio is what Phoenix adds to the
+engine: its imports, model, rendering, recording and output. The two commands alternate,
+``--rounds`` times after one untimed warm-up each; figures are medians. Reported per stack:
+wall time, CPU time (user + system, steadier on a shared machine) and peak memory
+(``ru_maxrss`` of the child, from ``wait4``), the plan/bare ratios, and per-resource time
+from the smallest to the largest generated stack for both commands. The bare engine runs
+with the plan engine's garbage-collector setting (like with like), and once more with
+Python's default for reference.
+
+Both commands run with a private bytecode cache (``PYTHONPYCACHEPREFIX``) and without
+``PYTHONDONTWRITEBYTECODE``, so neither recompiles its sources on every run (a user's
+installation keeps its ``.pyc`` files).
+
+Goals (issue 16): plan/bare at most 1.5 for dev, cluster and the generated stacks of 1,000+
+resources; the plan's per-resource time from 1,000 to 4,000 resources growing no faster than
+the engine's. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from functools import lru_cache
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from phoenix.plan import make_plan  # noqa: E402
-from phoenix.stackfile import read_stack_file  # noqa: E402
+from bench.bare_engine import GC_FIRST_THRESHOLD  # noqa: E402
+from phoenix.plan.engine import GC_FIRST_THRESHOLD as ENGINE_GC_FIRST_THRESHOLD  # noqa: E402
+
+RATIO_GOAL = 1.5
+SUMMARY = re.compile(r"Phoenix plan for stack '[^']+': (\d+) resources")
 
 
-def longest_chain(resources) -> tuple[int, list[str]]:
-    """Length (in resources) of the longest path through the dependency graph, and that path."""
-    deps = {r.urn: [d for d in r.dependencies] for r in resources if r.custom}
-    known = set(deps)
+@dataclass
+class Timing:
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    rss_kib: list[int] = field(default_factory=list)
 
-    @lru_cache(maxsize=None)
-    def depth(urn: str) -> tuple[int, tuple[str, ...]]:
-        best = (0, ())
-        for d in deps.get(urn, []):
-            if d in known:
-                cand = depth(d)
-                if cand[0] > best[0]:
-                    best = cand
-        return best[0] + 1, best[1] + (urn.split("::")[-1],)
-
-    sys.setrecursionlimit(10000)
-    top = max((depth(u) for u in deps), default=(0, ()))
-    return top[0], list(top[1])
+    def median(self, what: str) -> float:
+        return statistics.median(getattr(self, what))
 
 
-def measure(stack, repeat: int) -> dict:
-    times, plan = [], None
-    for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as out:
-            start = time.perf_counter()
-            plan = make_plan(stack)
-            plan.write(Path(out))
-            times.append(time.perf_counter() - start)
-    resources = [r for r in plan.run.resources if r.custom]
-    chain, path = longest_chain(plan.run.resources)
-    wall = statistics.median(times)
-    return {"wall": wall, "resources": len(resources), "per_resource": wall / len(resources),
-            "chain": chain, "path": path, "guests": len(plan.topo.lab.guests),
-            "services": len(plan.topo.lab.services)}
+def run(cmd: list[str], env: dict, timing: Timing | None) -> str:
+    """Run ``cmd`` to completion; record its wall time, CPU time and peak memory."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read().decode(), err.read().decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{stderr[-3000:]}")
+    if timing is not None:
+        timing.wall.append(wall)
+        timing.cpu.append(usage.ru_utime + usage.ru_stime)
+        timing.rss_kib.append(usage.ru_maxrss)
+    return stdout
+
+
+def longest_chain(plan_json: Path) -> int:
+    """Resources on the longest dependency path of the plan (how deep a deployment must go)."""
+    doc = json.loads(plan_json.read_text())
+    deps = {r["urn"]: r["dependencies"] for r in doc["resources"] if not r["type"].startswith("phoenix:tier:")}
+    depth: dict[str, int] = {}
+    for urn in deps:   # iterative depth-first, the graph is a DAG
+        stack = [urn]
+        while stack:
+            top = stack[-1]
+            pending = [d for d in deps[top] if d in deps and d not in depth]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            depth[top] = 1 + max((depth[d] for d in deps[top] if d in deps), default=0)
+    return max(depth.values(), default=0)
+
+
+@dataclass
+class Result:
+    name: str
+    resources: int
+    plan: Timing
+    bare: Timing
+    chain: int
+    plan_cmd: list[str]
+    bare_cmd: list[str]
+    bare_default_gc: Timing
+
+    def ratio(self, what: str) -> float:
+        return self.plan.median(what) / self.bare.median(what)
+
+
+#: what the ``phoenix`` console script runs, for the checkout this file is in (the console
+#: script of an editable install would import whichever checkout was installed).
+PHOENIX = [sys.executable, "-c", "import sys; from phoenix.cli import main; sys.exit(main())"]
+
+
+def measure(name: str, plan_args: list[str], work: Path, env: dict, rounds: int) -> Result:
+    out = work / f"out-{name}"
+    plan_cmd = [*PHOENIX, "plan", *plan_args, "--out", str(out)]
+    stdout = run(plan_cmd, env, None)                      # warm-up (bytecode, page cache)
+    found = SUMMARY.search(stdout)
+    if not found:
+        raise SystemExit(f"no resource count in the plan's summary:\n{stdout[:500]}")
+    resources = int(found.group(1))
+    bare_cmd = [sys.executable, str(ROOT / "bench/bare_engine.py"), "--resources", str(resources)]
+    run(bare_cmd, env, None)
+    chain = longest_chain(out / "plan.json")
+    plan, bare, bare_default = Timing(), Timing(), Timing()
+    for i in range(rounds):
+        # A fresh directory each time: what a first `--out` costs, nothing deleted first.
+        run([*plan_cmd[:-1], str(work / f"out-{name}-{i}")], env, plan)
+        run(bare_cmd, env, bare)
+        run([*bare_cmd, "--default-gc"], env, bare_default)
+    return Result(name, resources, plan, bare, chain, plan_cmd, bare_cmd, bare_default)
+
+
+def report(results: list[Result], generated: list[Result]) -> None:
+    print(f"\n{'stack':<10} {'resources':>9} {'plan s':>7} {'bare s':>7} {'ratio':>6} "
+          f"{'plan cpu':>8} {'bare cpu':>8} {'cpu ratio':>9} {'plan MiB':>8} {'bare MiB':>8} "
+          f"{'bare dGC s':>10} {'ratio dGC':>9} {'chain':>5}  goal")
+    for r in results:
+        verdict = "ok" if r.ratio("wall") <= RATIO_GOAL else "MISSED"
+        default_gc = r.bare_default_gc.median("wall")
+        print(f"{r.name:<10} {r.resources:>9} {r.plan.median('wall'):>7.2f} {r.bare.median('wall'):>7.2f} "
+              f"{r.ratio('wall'):>6.2f} {r.plan.median('cpu'):>8.2f} {r.bare.median('cpu'):>8.2f} "
+              f"{r.ratio('cpu'):>9.2f} {r.plan.median('rss_kib') / 1024:>8.0f} "
+              f"{r.bare.median('rss_kib') / 1024:>8.0f} {default_gc:>10.2f} "
+              f"{r.plan.median('wall') / default_gc:>9.2f} {r.chain:>5}  ratio <= {RATIO_GOAL}: {verdict}")
+    if len(generated) >= 2:
+        small, large = generated[0], generated[-1]
+        print(f"\nper-resource time, {small.resources} -> {large.resources} resources (ms per resource)")
+        for what in ("wall", "cpu"):
+            grow = {}
+            for label in ("plan", "bare"):
+                a = getattr(small, label).median(what) / small.resources * 1000
+                b = getattr(large, label).median(what) / large.resources * 1000
+                grow[label] = b / a
+                print(f"  {label} {what:<4} {a:7.2f} -> {b:7.2f}  growth {100 * (b / a - 1):+6.1f}%")
+            verdict = "ok" if grow["plan"] <= grow["bare"] * 1.05 else "MISSED"
+            print(f"  {what}: plan growth / engine growth = {grow['plan'] / grow['bare']:.2f} "
+                  f"(goal: no faster than the engine's, within 5% noise): {verdict}")
+    print("\nmedians of the rounds; 'bare' runs with the plan engine's collector setting "
+          f"(gc threshold {GC_FIRST_THRESHOLD}), 'bare dGC' with Python's default (for reference: the\n"
+          "engine as Pulumi ships it); peak memory is the child's ru_maxrss; 'chain' is the longest "
+          "dependency path of the plan (resources).")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sizes", default="1000,2000,4000", help="generated stacks, about N resources each")
+    ap.add_argument("--stacks", default="dev,cluster", help="shipped stacks to include")
     args = ap.parse_args()
-    from bench.large_stack import large_stack
-    stacks = {"dev": read_stack_file(ROOT / "Pulumi.dev.yaml"),
-              "cluster": read_stack_file(ROOT / "Pulumi.cluster.yaml"),
-              "large": large_stack()}
-    make_plan(stacks["dev"])  # warm imports and template caches once, outside the timings
-    results = {name: measure(stack, args.repeat) for name, stack in stacks.items()}
-    print(f"{'stack':<8} {'guests':>6} {'services':>8} {'resources':>9} {'wall s':>8} {'ms/resource':>11} {'chain':>5}")
-    for name, r in results.items():
-        print(f"{name:<8} {r['guests']:>6} {r['services']:>8} {r['resources']:>9} {r['wall']:>8.2f} "
-              f"{r['per_resource'] * 1000:>11.2f} {r['chain']:>5}")
-    dev, large = results["dev"], results["large"]
-    print(f"dev plan wall: {dev['wall']:.2f} s (target < 3 s)")
-    print(f"time per resource, large / dev: {large['per_resource'] / dev['per_resource']:.2f} (target <= 1.2)")
-    print(f"longest dependency chain: dev {dev['chain']}, large {large['chain']} (target: equal)")
-    print("  dev chain:   " + " -> ".join(dev["path"]))
-    print("  large chain: " + " -> ".join(large["path"]))
+    from bench.large_stack import sized_stack, write_stack_file
+    if GC_FIRST_THRESHOLD != ENGINE_GC_FIRST_THRESHOLD:
+        raise SystemExit(f"bench/bare_engine.py collects at {GC_FIRST_THRESHOLD}, the plan engine at "
+                         f"{ENGINE_GC_FIRST_THRESHOLD}: keep them equal so the ratio compares like with like")
+    with tempfile.TemporaryDirectory(prefix="plan-bench-") as tmp:
+        work = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        results, generated = [], []
+        for name in filter(None, args.stacks.split(",")):
+            print(f"measuring {name} ...", file=sys.stderr)
+            results.append(measure(name, ["--stack", name], work, env, args.rounds))
+        for size in [int(s) for s in args.sizes.split(",") if s]:
+            stack = sized_stack(size)
+            path = write_stack_file(stack, work)
+            print(f"measuring {stack.name} ...", file=sys.stderr)
+            generated.append(measure(stack.name, ["--config-file", str(path)], work, env, args.rounds))
+        results += generated
+        print(f"commands ({args.rounds} rounds each, alternating, after one warm-up each):")
+        for r in results:
+            shown = ["phoenix"] + [re.sub(r"^/.*/(Pulumi\.[^/]+\.yaml)$", r"TMP/\1", a)
+                                   for a in r.plan_cmd[len(PHOENIX):]]
+            shown[-1] = "TMP/out"
+            print(f"  {' '.join(shown)}   vs   python bench/bare_engine.py --resources {r.resources}")
+        print("  generated stack files: bench/large_stack.py --resources N --write TMP")
+        report(results, generated)
     return 0
 
 

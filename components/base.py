@@ -1,4 +1,8 @@
-"""What every tier shares: the deployment context, guest handles and the two kinds of remote step.
+"""What every tier shares: the context, guest handles and the two kinds of remote step.
+
+Tiers are Pulumi components in Pulumi's style: ``XTier(name, ctx, XArgs(...))``, where ``ctx``
+is the validated stack and ``XArgs`` holds the outputs and resources of earlier tiers it needs,
+typed, wired in one place (``phoenix.program.deploy``).
 
 Every post-configuration step reaches its guest through ``GuestHandle.connection`` (SSH to
 the guest, through the node as a jump host when the stack says so) and is one of:
@@ -8,19 +12,31 @@ the guest, through the node as a jump host when the stack says so) and is one of
 * ``script``: the same, where the bundle carries a script and the "reload" runs it.
 
 A step re-runs when its files change (an update of the command) and is replaced when its
-guest is (the guest's id is a trigger).
+guest is new: its triggers are the guest's id and the MAC address Proxmox generated when it
+built the guest (``GuestHandle.mac``). The id alone cannot tell: it is the fixed VMID, the same
+after a replacement. A guest Pulumi replaces, or one rebuilt outside Pulumi that ``pulumi up
+--refresh`` reads back, has a new MAC (the provider's Read sets ``mac_address`` from the guest's
+config: bpg container.go ``containerRead``, vm/network/network.go ``ReadNetworkDeviceObjects``),
+so every step of it runs again and the guest is configured again.
+
+A step with a ``delete`` command is replaced delete-first: create-first, the old step's delete
+would undo what the new step's create just did (pulumi-command runs the old delete after the new
+create by default). No step passes its previous output in the environment
+(``add_previous_output_in_env``): Debian's sshd refuses those variables.
 """
 
 from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import pulumi
 from pulumi_command import remote
 
+from phoenix.artifacts import Artifacts
 from phoenix.bundle import GuestFile, pack
+from phoenix.errors import ConfigError, problem
 from phoenix.model import Guest, Lab
 from phoenix.topology import Topology
 
@@ -34,40 +50,69 @@ class GuestHandle:
     connection: remote.ConnectionArgs
     #: what any step on this guest waits for (bootstrap, then the root of trust).
     ready: list[pulumi.Resource] = field(default_factory=list)
+    #: path on the guest -> the step that pushes it (one owner per path: ``claim``).
+    pushed: dict[str, str] = field(default_factory=dict)
+    #: the MAC address Proxmox generated for the guest's first interface when it built it: a new
+    #: one means a new guest (``triggers``).
+    mac: Optional[pulumi.Input[str]] = None
 
     @property
     def name(self) -> str:
         return self.guest.name
 
 
-@dataclass
-class Secrets:
-    """Secret inputs, every one a secret Output from config or generated in the program."""
-    portainer_admin_password: Optional[pulumi.Output] = None
-    agent_secret: Optional[pulumi.Output] = None
-    provisioner_password: Optional[pulumi.Output] = None
-    tsig_key: Optional[pulumi.Output] = None
-
-
-@dataclass
+@dataclass(frozen=True)
 class Context:
+    """What every tier reads: the validated stack (rendered and audited once, ``phoenix.loader``)
+    and the Proxmox provider. What a tier needs from an earlier tier comes in its ``*Args``."""
     lab: Lab
     topo: Topology
+    artifacts: Artifacts
     provider: pulumi.ProviderResource
-    secrets: Secrets
-    guests: dict[str, GuestHandle] = field(default_factory=dict)
-    #: the Phoenix root certificate (PEM) and its SHA-256 fingerprint, from the trust tier.
-    root_cert_pem: Optional[pulumi.Output] = None
-    root_fingerprint: Optional[pulumi.Output] = None
-    #: outputs a later tier may need (e.g. the node's GPU driver version), by name.
-    facts: dict[str, object] = field(default_factory=dict)
-
-    def handle(self, name: str) -> GuestHandle:
-        return self.guests[name]
 
 
-def _files_input(files) -> pulumi.Output:
-    return pulumi.Output.from_input(files).apply(lambda fs: pack(list(fs)))
+#: every guest's handle, by guest name (``GuestsTier.handles``).
+Guests = Mapping[str, GuestHandle]
+
+
+def claim(handle: GuestHandle, step: str, files: Sequence[GuestFile]) -> None:
+    """Record ``step`` as the owner of its files' paths on the guest; a path another step pushes
+    already is refused (ConfigError naming both): phoenix-apply would let the later push replace
+    the earlier one's file, and each would restore its own on failure."""
+    clashes = []
+    for f in files:
+        owner = handle.pushed.setdefault(f.path, step)
+        if owner != step:
+            clashes.append(problem(f"{handle.name}:{f.path}",
+                                   f"pushed by both step {handle.name}-{owner} and step {handle.name}-{step}"))
+    if clashes:
+        raise ConfigError(clashes)
+
+
+def _files_input(handle: GuestHandle, step: str, files: Sequence[GuestFile] | pulumi.Output) -> str | pulumi.Output:
+    """The bundle on a step's stdin, packed once. Files known now are packed (and their paths
+    claimed) now: an Output for them would only add a task and a callback per step for the
+    engine to run; files known only at deploy time (secrets) are claimed when they resolve."""
+    def packed(fs) -> str:
+        claim(handle, step, fs)
+        return pack(list(fs))
+    if isinstance(files, pulumi.Output):
+        return files.apply(packed)
+    if all(isinstance(f, GuestFile) for f in files):
+        return packed(files)
+    return pulumi.Output.from_input(files).apply(packed)
+
+
+def triggers(handle: GuestHandle) -> list:
+    """What replaces (re-runs) a step on this guest: a new guest, by its id and its MAC address."""
+    return [handle.resource.id, handle.mac if handle.mac is not None else ""]
+
+
+def command_options(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource], *,
+                    delete: Optional[str] = None) -> pulumi.ResourceOptions:
+    """Options of every remote step: delete-first when it has a delete command (see above)."""
+    return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on),
+                                  delete_before_replace=bool(delete))
 
 
 def push(name: str, handle: GuestHandle, files: Sequence[GuestFile] | pulumi.Output, *,
@@ -81,8 +126,9 @@ def push(name: str, handle: GuestHandle, files: Sequence[GuestFile] | pulumi.Out
     return remote.Command(
         f"{handle.name}-{name}",
         remote.CommandArgs(connection=handle.connection, create=create, delete=delete,
-                           stdin=_files_input(files), triggers=[handle.resource.id]),
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=[*handle.ready, *depends_on]))
+                           stdin=_files_input(handle, name, files), triggers=triggers(handle),
+                           add_previous_output_in_env=False),
+        opts=command_options(parent, [*handle.ready, *depends_on], delete=delete))
 
 
 def script(name: str, handle: GuestHandle, text: str | pulumi.Output, *, parent: pulumi.Resource,
@@ -90,8 +136,9 @@ def script(name: str, handle: GuestHandle, text: str | pulumi.Output, *, parent:
            delete: Optional[str] = None) -> remote.Command:
     """Push a script (with any files it needs) and run it; it must be safe to run twice."""
     path = f"{SCRIPTS}/{name}.sh"
-    files = pulumi.Output.from_input(text).apply(
-        lambda t: [GuestFile(path, t, 0o700), *extra_files])
+    files: list[GuestFile] | pulumi.Output = (
+        [GuestFile(path, text, 0o700), *extra_files] if isinstance(text, str)
+        else pulumi.Output.from_input(text).apply(lambda t: [GuestFile(path, t, 0o700), *extra_files]))
     # The script runs as the "check" hook: on failure its previous version is restored
     # and nothing is re-run.
     return push(name, handle, files, check=f"bash {path}", parent=parent,

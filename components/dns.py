@@ -9,27 +9,38 @@ the pushed bundle (secret stdin), never on a command line.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 
-from components.base import Context, push, script
+from components.base import Context, Guests, push, script
 from phoenix.render import dns as render
 
 CONFIG_STEP = "bind-config"
 
 
+@dataclass(frozen=True)
+class DnsArgs:
+    guests: Guests
+    #: the TSIG key (base64) DNS-01 updates are signed with: a secret Output.
+    tsig_key: pulumi.Output
+
+
 class DnsTier(pulumi.ComponentResource):
-    def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
+    """``ready``: what a step that needs names to resolve (or DNS-01 updates to land) waits for."""
+    ready: list[pulumi.Resource]
+
+    def __init__(self, name: str, ctx: Context, args: DnsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("phoenix:tier:Dns", name, None, opts)
-        topo = ctx.topo
-        handle = ctx.handle(topo.dns.name)
+        topo, art = ctx.topo, ctx.artifacts
+        handle = args.guests[topo.dns.name]
         self.install = script(render.INSTALL_STEP, handle, render.install_script(topo), parent=self)
-        files = pulumi.Output.secret(ctx.secrets.tsig_key).apply(lambda key: render.config_files(topo, key))
-        self.config = push(CONFIG_STEP, handle, files, check=render.check_command(topo),
+        # The zones the route audit read, as files, and the key only the secret completes.
+        files = pulumi.Output.secret(args.tsig_key).apply(art.dns_files)
+        self.config = push(CONFIG_STEP, handle, files, check=art.dns_check,
                            reload=render.RELOAD_COMMAND, health=render.HEALTH_COMMAND,
                            parent=self, depends_on=[self.install])
-        #: what a step that needs names to resolve (or DNS-01 updates to land) waits for.
-        self.ready: list[pulumi.Resource] = [self.config]
-        ctx.facts["dns"] = self
+        self.ready = [self.config]
         self.exports = {"dns": {"server": str(topo.dns.address),
                                 "nameserver": render.public_nameserver(topo),
                                 "zones": {"internal": topo.lab.domains.internal,

@@ -8,34 +8,57 @@ among them). ``ipfilter`` stops a guest from sending with another guest's addres
 the /32 rules of the matrix rely on; a VM lists its address in ``ipfilter-net0`` (an LXC's
 configured address is implied).
 
-Guest firewalls act only while the datacenter firewall is on. With ``firewall.manageCluster``
-(the default) Phoenix turns it on, leaving the host input and output policies at ACCEPT:
-the nodes themselves are reached exactly as before, and only the guests are filtered. The
-datacenter firewall is one setting per cluster; where the operator runs it by hand, set
-``manageCluster: false`` and keep it enabled there.
+Guest firewalls act only while the datacenter firewall is on. Its options are the whole
+cluster's, an operator's to set: Phoenix leaves them alone unless the stack says
+``firewall.manageCluster: true``, and then sets exactly what the stack says (on, with
+``clusterInputPolicy`` and ``clusterOutputPolicy``, ACCEPT by default, so the nodes themselves
+are reached as before). Otherwise the operator keeps it on (Datacenter, Firewall, Options).
+
+Rules follow their guest. They name it by the guest resource's own outputs (its ``vm_id`` and
+``node_name``), are replaced with it (``replace_with``: Proxmox deletes a guest's firewall
+config with the guest, so a guest Pulumi re-creates gets its rules again) and are replaced
+delete-first: their identity is the guest's VMID, and the provider's delete removes the rules
+at the positions the state lists, which create-first would be the new ones (bpg
+proxmoxtf/resource/firewall/rules.go ``RulesDelete``). A guest rebuilt outside Pulumi gets them
+back from ``pulumi up --refresh`` the same way: each firewall resource's ``replacement_trigger``
+is the guest's MAC address, which the refresh reads anew from the rebuilt guest. Reading alone
+would not do: the provider's ``optionsRead`` keeps the state's values for options a new guest
+does not have (firewall/options.go), so the state would still show the firewall on.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 import pulumi_proxmoxve as pve
 
-from components.base import Context
-from phoenix.render.firewall import INPUT_POLICY, OUTPUT_POLICY, guest_rules
+from components.base import Context, Guests
+from phoenix.render.firewall import INPUT_POLICY, OUTPUT_POLICY
+
+
+@dataclass(frozen=True)
+class FirewallArgs:
+    guests: Guests
 
 
 class FirewallTier(pulumi.ComponentResource):
-    def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, args: FirewallArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("phoenix:tier:Firewall", name, None, opts)
         lab = ctx.lab
         pve_opts = pulumi.ResourceOptions(parent=self, provider=ctx.provider)
         self.rules: dict[str, pve.firewall.RulesLegacy] = {}
         self.options: dict[str, pve.firewall.OptionsLegacy] = {}
-        matrix = guest_rules(ctx.topo)
+        matrix = ctx.artifacts.firewall      # the matrix the route audit checked hops against
         for g in lab.guests:
-            handle = ctx.handle(g.name)
-            where = dict(node_name=g.node, **({"container_id": g.id} if g.kind == "lxc" else {"vm_id": g.id}))
-            after_guest = pulumi.ResourceOptions.merge(pve_opts, pulumi.ResourceOptions(depends_on=[handle.resource]))
+            handle = args.guests[g.name]
+            guest = handle.resource
+            where = dict(node_name=guest.node_name,
+                         **({"container_id": guest.vm_id} if g.kind == "lxc" else {"vm_id": guest.vm_id}))
+            follow = pulumi.ResourceOptions(replace_with=[guest], replacement_trigger=handle.mac,
+                                            delete_before_replace=True)
+            after_guest = pulumi.ResourceOptions.merge(pve_opts, pulumi.ResourceOptions.merge(
+                follow, pulumi.ResourceOptions(depends_on=[guest])))
             self.rules[g.name] = pve.firewall.RulesLegacy(
                 f"{g.name}-firewall-rules",
                 pve.firewall.RulesLegacyArgs(**where, rules=[
@@ -59,13 +82,15 @@ class FirewallTier(pulumi.ComponentResource):
                     **where, enabled=True, input_policy=INPUT_POLICY, output_policy=OUTPUT_POLICY,
                     dhcp=False, ndp=False, radv=False, macfilter=True, ipfilter=True,
                     log_level_in="nolog", log_level_out="nolog"),
-                opts=pulumi.ResourceOptions.merge(pve_opts, pulumi.ResourceOptions(depends_on=before_options)))
+                opts=pulumi.ResourceOptions.merge(pve_opts, pulumi.ResourceOptions.merge(
+                    follow, pulumi.ResourceOptions(depends_on=before_options))))
         self.cluster = None
         if lab.firewall.manage_cluster:
             self.cluster = pve.cluster.FirewallLegacy(
                 "datacenter-firewall",
-                pve.cluster.FirewallLegacyArgs(enabled=True, ebtables=True, input_policy="ACCEPT",
-                                               output_policy="ACCEPT"),
+                pve.cluster.FirewallLegacyArgs(enabled=True, ebtables=True,
+                                               input_policy=lab.firewall.cluster_input_policy,
+                                               output_policy=lab.firewall.cluster_output_policy),
                 opts=pve_opts)
         self.exports: dict = {}
         self.register_outputs({})

@@ -9,64 +9,78 @@ the root of trust):
 3. ``nginx``: the generated configuration, applied transactionally (``nginx -t``, reload,
    health; the previous files back on any failure);
 4. after it, side by side: ``public-cert`` (certbot's configuration and deploy hook, then the
-   first issuance from Let's Encrypt) and ``cert-gateway-client`` (the trust tier's
-   ``internal_certificate``: the client certificate towards the mesh, from Step-CA, at the
-   one call site ``_mesh_client_certificate``).
+   first issuance from Let's Encrypt) and ``mesh-client-cert`` (the client certificate towards the
+   mesh, signed by the program's gateway client CA: the trust tier's
+   ``gateway_client_certificate``; pushed with ``nginx -t`` before the reload, and again
+   whenever ``pulumi up`` re-issues it).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pulumi
 
-from components.base import SCRIPTS, Context, GuestHandle, push, script
-from components.trust import internal_certificate
+from components.base import SCRIPTS, Context, GuestHandle, Guests, push, script
+from components.trust import ClientCertificate
 from phoenix.bundle import GuestFile
-from phoenix.render.gateway import (ACME_WEBROOT, CERT_NAME, CLIENT_CERT_NAME, NGINX_CHECK, NGINX_RELOAD,
-                                    certbot_files, certificate_names, client_certificate_names,
-                                    health_command, nginx_files, render_install_script,
-                                    render_placeholder_script, render_public_cert_script)
+from phoenix.render.gateway import (CERT_NAME, NGINX_CHECK, NGINX_RELOAD, certbot_files, client_certificate_files,
+                                    health_command, render_install_script, render_placeholder_script,
+                                    render_public_cert_script)
 
 #: the steps on the gateway guest, in order (resource names are ``<guest>-<step>``).
 STEP_INSTALL = "nginx-install"
 STEP_PLACEHOLDER = "public-cert-placeholder"
 STEP_NGINX = "nginx"
 STEP_PUBLIC_CERT = "public-cert"
-STEPS = (STEP_INSTALL, STEP_PLACEHOLDER, STEP_NGINX, STEP_PUBLIC_CERT)
+STEP_CLIENT_CERT = "mesh-client-cert"
+STEPS = (STEP_INSTALL, STEP_PLACEHOLDER, STEP_NGINX, STEP_PUBLIC_CERT, STEP_CLIENT_CERT)
+
+
+@dataclass(frozen=True)
+class GatewayArgs:
+    guests: Guests
+    #: the gateway's client certificate towards the mesh (trust tier, signed by the program).
+    client_certificate: ClientCertificate
+    #: the TSIG key DNS-01 updates are signed with (a secret Output; used only with dns-01).
+    tsig_key: pulumi.Output
 
 
 class GatewayTier(pulumi.ComponentResource):
-    def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("phoenix:tier:Gateway", name, None, opts)
         topo = ctx.topo
-        handle = ctx.handle(topo.gateway.name)
+        handle = args.guests[topo.gateway.name]
         self.install = script(STEP_INSTALL, handle, render_install_script(topo), parent=self)
         self.placeholder = script(STEP_PLACEHOLDER, handle, render_placeholder_script(topo),
                                   parent=self, depends_on=[self.install])
-        self.nginx = push(STEP_NGINX, handle, nginx_files(topo), check=NGINX_CHECK, reload=NGINX_RELOAD,
+        # The server blocks the route audit walked.
+        self.nginx = push(STEP_NGINX, handle, ctx.artifacts.gateway_files, check=NGINX_CHECK, reload=NGINX_RELOAD,
                           health=health_command(topo), parent=self, depends_on=[self.placeholder])
-        self.client_cert = self._mesh_client_certificate(ctx, handle)
-        names = certificate_names(topo)
+        self.client_cert = self._mesh_client_certificate(args.client_certificate, handle)
+        names = ctx.artifacts.gateway_certificate
         self.public_cert = None
         if names:
-            self.public_cert = self._public_certificate(ctx, handle)
+            self.public_cert = self._public_certificate(ctx, handle, args.tsig_key)
         acme = ctx.lab.acme
         self.exports = {"gatewayCertificate": {"name": CERT_NAME, "names": names, "challenge": acme.challenge,
-                                               "acmeDirectory": topo.public_acme_directory}}
+                                               "acmeDirectory": topo.public_acme_directory},
+                        # What `phoenix verify --gateway-client-cert` reads (its expiry); not secret.
+                        "gatewayClientCertificate": {"chainPem": args.client_certificate.chain_pem,
+                                                     "notAfter": args.client_certificate.not_after}}
         self.register_outputs({"names": names})
 
-    def _mesh_client_certificate(self, ctx: Context, handle: GuestHandle) -> pulumi.Resource:
-        """The gateway's client certificate towards the mesh: the one call to the trust tier.
+    def _mesh_client_certificate(self, client: ClientCertificate, handle: GuestHandle) -> pulumi.Resource:
+        """The gateway's client certificate towards the mesh, over the placeholder: pushed
+        transactionally (``nginx -t`` with it in place, then the reload; the previous files back
+        on failure), again whenever ``pulumi up`` re-issues it. The key reaches the guest only in
+        the bundle (stdin), root's only; nginx's master reads it as root."""
+        files = pulumi.Output.secret(pulumi.Output.all(client.chain_pem, client.key_pem)).apply(
+            lambda v: client_certificate_files(v[0], v[1]))
+        return push(STEP_CLIENT_CERT, handle, files, check=NGINX_CHECK, reload=NGINX_RELOAD,
+                    parent=self, depends_on=[self.nginx, client.resource])
 
-        Step-CA validates the gateway's internal name by HTTP-01 through the webroot the
-        running nginx serves on port 80 (nginx holds the port, so certbot cannot stand alone);
-        the trust tier's deploy hook replaces the placeholder at ``CLIENT_TLS`` and reloads
-        nginx only after ``nginx -t`` passes. nginx's master reads the key as root.
-        """
-        return internal_certificate(ctx, handle, CLIENT_CERT_NAME, client_certificate_names(ctx.topo),
-                                    group="root", check=NGINX_CHECK, reload=NGINX_RELOAD, webroot=ACME_WEBROOT,
-                                    parent=self, depends_on=[self.nginx])
-
-    def _public_certificate(self, ctx: Context, handle: GuestHandle) -> pulumi.Resource:
+    def _public_certificate(self, ctx: Context, handle: GuestHandle, tsig_key: pulumi.Output) -> pulumi.Resource:
         """certbot's config, hook (and TSIG credentials for DNS-01) and the first issuance.
 
         The TSIG secret reaches the guest only inside the pushed bundle (stdin), in a
@@ -76,7 +90,7 @@ class GatewayTier(pulumi.ComponentResource):
         path = f"{SCRIPTS}/{STEP_PUBLIC_CERT}.sh"
         run = GuestFile(path, render_public_cert_script(topo), 0o700)
         if topo.lab.acme.challenge == "dns-01":
-            files = pulumi.Output.secret(ctx.secrets.tsig_key).apply(
+            files = pulumi.Output.secret(tsig_key).apply(
                 lambda secret: [run, *certbot_files(topo, secret)])
         else:
             files = [run, *certbot_files(topo, None)]

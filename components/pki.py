@@ -2,6 +2,11 @@
 
 The root key never leaves the stack state: it signs one intermediate, which is the only key
 Step-CA holds. Guests get the root certificate from this tier's output, never from the CA.
+
+It signs a second intermediate, the gateway client CA, which signs exactly one certificate: the
+gateway's client certificate towards the mesh (``components.trust.gateway_client_certificate``).
+The mesh's gateway entrypoint trusts that CA alone, so no certificate Step-CA issues (every
+other guest's) opens it. Its key stays in the stack state too.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ class PkiTier(pulumi.ComponentResource):
     root_fingerprint: pulumi.Output[str]
     intermediate_cert_pem: pulumi.Output[str]
     intermediate_key_pem: pulumi.Output[str]
+    gateway_client_ca_pem: pulumi.Output[str]
 
     def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
         super().__init__("phoenix:tier:Pki", name, None, opts)
@@ -32,7 +38,12 @@ class PkiTier(pulumi.ComponentResource):
                 private_key_pem=self.root_key.private_key_pem,
                 subject=subject(f"{pki.organization} Root CA"),
                 is_ca_certificate=True, validity_period_hours=pki.root_lifetime_hours,
-                early_renewal_hours=pki.root_lifetime_hours // 10,
+                # No early renewal: pulumi-tls "renews" by replacing the resource, and this one is
+                # protected, so the day it became ready Pulumi would be asked to replace a protected
+                # resource (every update would fail). The root is rotated by the operator, from the
+                # same key (docs/upgrading.md, "Rotating the root certificate"); `phoenix plan`
+                # refuses a protected certificate that renews itself (phoenix.diff.hazards).
+                early_renewal_hours=0,
                 allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
                 set_subject_key_id=True),
             opts=keep)
@@ -57,11 +68,31 @@ class PkiTier(pulumi.ComponentResource):
                 allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
                 set_subject_key_id=True),
             opts=pulumi.ResourceOptions(parent=self))
+        self.gateway_client_ca_key = tls.PrivateKey(
+            "gateway-client-ca-key", tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P256"),
+            opts=pulumi.ResourceOptions(parent=self))
+        ca_csr = tls.CertRequest(
+            "gateway-client-ca-csr",
+            tls.CertRequestArgs(private_key_pem=self.gateway_client_ca_key.private_key_pem,
+                                subject=tls.CertRequestSubjectArgs(
+                                    common_name=f"{pki.organization} Gateway Client CA",
+                                    organization=pki.organization)),
+            opts=pulumi.ResourceOptions(parent=self))
+        self.gateway_client_ca = tls.LocallySignedCert(
+            "gateway-client-ca-cert",
+            tls.LocallySignedCertArgs(
+                cert_request_pem=ca_csr.cert_request_pem,
+                ca_private_key_pem=self.root_key.private_key_pem, ca_cert_pem=self.root_cert.cert_pem,
+                is_ca_certificate=True, max_path_length=0,
+                validity_period_hours=pki.intermediate_lifetime_hours,
+                early_renewal_hours=pki.intermediate_lifetime_hours // 10,
+                allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+                set_subject_key_id=True),
+            opts=pulumi.ResourceOptions(parent=self))
         self.root_cert_pem = self.root_cert.cert_pem
         self.root_fingerprint = self.root_cert.cert_pem.apply(fingerprint_sha256)
         self.intermediate_cert_pem = self.intermediate_cert.cert_pem
         self.intermediate_key_pem = pulumi.Output.secret(self.intermediate_key.private_key_pem)
-        ctx.root_cert_pem, ctx.root_fingerprint = self.root_cert_pem, self.root_fingerprint
-        ctx.facts["pki"] = self
+        self.gateway_client_ca_pem = self.gateway_client_ca.cert_pem
         self.register_outputs({"root_cert_pem": self.root_cert_pem, "root_fingerprint": self.root_fingerprint,
                                "intermediate_cert_pem": self.intermediate_cert_pem})

@@ -18,57 +18,58 @@ through the other tiers.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Mapping
 
 import pulumi
 from pulumi_command import remote
 
-from components.base import Context, push
+from components.base import Context, Guests, push
+from components.trust import Issuer
 from components.workloads import service_certificate
 from phoenix.render import stacks as st
 from phoenix.render.workloads import certificate_names
-from phoenix.stackfile import NAMESPACE
 
 
-def stack_secrets(ctx: Context) -> dict[str, pulumi.Output]:
-    """Every secret the stacks name, as secret Outputs from the stack's config.
-
-    ``phoenix.program.load`` has refused a missing or plain one already, before any resource
-    exists; the offline plan gives missing ones a placeholder (``phoenix.plan``).
-    """
-    cfg = pulumi.Config(NAMESPACE)
-    return {key: cfg.require_secret(key) for key in st.required_secrets(ctx.lab)}
+@dataclass(frozen=True)
+class StacksArgs:
+    guests: Guests
+    #: Step-CA, for each agent's certificate.
+    issuer: Issuer
+    #: the workloads tier's registration step per agent (``WorkloadsTier.registrations``; without
+    #: one, the deploy script waits for the environment to appear in Portainer).
+    registrations: Mapping[str, pulumi.Resource]
+    #: every secret the stacks name (``phoenix.model.stack_secrets``), as secret Outputs from the
+    #: stack's config; the loader has refused a missing or plain one before any resource exists.
+    secrets: Mapping[str, pulumi.Output]
 
 
 class StacksTier(pulumi.ComponentResource):
-    def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
+    def __init__(self, name: str, ctx: Context, args: StacksArgs, opts: pulumi.ResourceOptions | None = None):
         topo = ctx.topo
         pairs = st.stacks(topo)
-        secrets = stack_secrets(ctx) if pairs else {}   # a missing secret: nothing of the tier exists
         super().__init__("phoenix:tier:Stacks", name, None, opts)
         self.exports: dict = {}
         self.certificates: dict[tuple[str, str], pulumi.Resource] = {}
         self.deployments: dict[tuple[str, str], remote.Command] = {}
         if pairs:
-            self._deploy(ctx, pairs, secrets)
+            self._deploy(ctx, args, pairs)
             self.exports["composeStacks"] = {
                 s.name: {"stack": st.stack_name(s), "agents": list(s.guests)} for s in st.compose_services(topo)}
-        ctx.facts["stacks"] = self
         self.register_outputs({})
 
-    def _deploy(self, ctx: Context, pairs, secrets: dict[str, pulumi.Output]) -> None:
-        topo = ctx.topo
-        portainer = ctx.handle(topo.portainer.name)
-        # The workloads tier's registration step per agent (when it publishes them; without
-        # it, the deploy script waits for the environment to appear in Portainer).
-        registrations = ctx.facts.get(st.REGISTRATIONS_FACT) or {}
+    def _deploy(self, ctx: Context, args: StacksArgs, pairs) -> None:
+        topo, secrets = ctx.topo, args.secrets
+        portainer = args.guests[topo.portainer.name]
+        registrations = args.registrations
         last_cert: dict[str, pulumi.Resource] = {}
         for s, agent in pairs:
-            handle = ctx.handle(agent.name)
+            handle = args.guests[agent.name]
             waits: list[pulumi.Resource] = []
             if st.serves_tls(s):
                 # One certificate at a time per agent: each HTTP-01 answer binds its port 80.
                 cert = service_certificate(
-                    ctx, handle, st.certificate_name(s), certificate_names(topo, s, agent), group="root",
+                    args.issuer, handle, st.certificate_name(s), certificate_names(topo, s, agent), group="root",
                     reload=st.certificate_reload(s), parent=self,
                     depends_on=[last_cert[agent.name]] if agent.name in last_cert else [])
                 last_cert[agent.name] = cert

@@ -15,16 +15,17 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import pulumi
 from pulumi_command import remote
 
-from components.base import Context, GuestHandle, push, script
+from components.base import Context, GuestHandle, Guests, push, script
+from components.trust import Issuer, internal_certificate
 from phoenix.bundle import GuestFile
 from phoenix.model import Guest, Lab
 from phoenix.render import workloads as wl
-from phoenix.render.stacks import REGISTRATIONS_FACT
 from phoenix.topology import Topology
 
 
@@ -47,12 +48,12 @@ def gpu_node_probes(lab: Lab, topo: Topology, private_key: pulumi.Input[str],
                 connection=remote.ConnectionArgs(host=str(node.address), port=node.ssh_port,
                                                  user=lab.proxmox.ssh_user, private_key=private_key,
                                                  dial_error_limit=10, per_dial_timeout=10),
-                create=wl.gpu_probe_command(topo, name)),
+                create=wl.gpu_probe_command(topo, name), add_previous_output_in_env=False),
             opts=pulumi.ResourceOptions(parent=parent))
     return out
 
 
-def service_certificate(ctx: Context, handle: GuestHandle, name: str, names: list[str], *, group: str,
+def service_certificate(issuer: Issuer, handle: GuestHandle, name: str, names: list[str], *, group: str,
                         reload: str, parent: pulumi.Resource, check: str = "",
                         depends_on: Sequence[pulumi.Resource] = ()) -> pulumi.Resource:
     """A certificate from Step-CA at ``tls_paths(name)`` (the trust tier's ``internal_certificate``),
@@ -62,8 +63,7 @@ def service_certificate(ctx: Context, handle: GuestHandle, name: str, names: lis
     ``names`` are names this guest can prove by ACME HTTP-01 (``wl.certificate_names``: no
     addresses, no name shared with another replica); the trust tier refuses any other.
     """
-    from components.trust import internal_certificate
-    return internal_certificate(ctx, handle, name=name, sans=names, owner="root", group=group, reload=reload,
+    return internal_certificate(issuer, handle, name=name, sans=names, owner="root", group=group, reload=reload,
                                 check=check, parent=parent, depends_on=depends_on)
 
 
@@ -75,24 +75,41 @@ def _run(name: str, handle: GuestHandle, text: str, files: Sequence[GuestFile] |
     return push(name, handle, bundle, check=f"bash {path}", parent=parent, depends_on=depends_on)
 
 
+@dataclass(frozen=True)
+class WorkloadsArgs:
+    guests: Guests
+    #: Step-CA, for each service's certificate.
+    issuer: Issuer
+    #: per GPU node, the driver version its probe read (``GuestsTier.driver_versions``).
+    driver_versions: Mapping[str, pulumi.Output]
+    #: secret Outputs: Portainer's admin password (the operator's) and the agent secret (generated).
+    portainer_admin_password: pulumi.Output
+    agent_secret: pulumi.Output
+
+
 class WorkloadsTier(pulumi.ComponentResource):
-    def __init__(self, name: str, ctx: Context, opts: pulumi.ResourceOptions | None = None):
+    """``registrations``: per agent VM, the step that registers it in Portainer (the compose stacks
+    tier deploys onto an agent's environment once it is registered)."""
+    registrations: dict[str, pulumi.Resource]
+
+    def __init__(self, name: str, ctx: Context, args: WorkloadsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("phoenix:tier:Workloads", name, None, opts)
         topo = ctx.topo
         self.exports: dict = {}
-        versions: dict[str, pulumi.Output] = ctx.facts.get(wl.DRIVER_FACT, {})
+        self.registrations = {}
+        versions = args.driver_versions
         for g in wl.gpu_lxcs(topo):
-            self._gpu_guest(ctx, g, versions[g.node])
+            self._gpu_guest(ctx, args, g, versions[g.node])
         if topo.portainer:
-            self._portainer(ctx)
+            self._portainer(ctx, args)
         if versions:
             self.exports["gpuDriverVersions"] = {node: v.apply(str.strip) for node, v in versions.items()}
         self.register_outputs({})
 
-    def _gpu_guest(self, ctx: Context, g: Guest, version: pulumi.Output) -> None:
-        topo, handle = ctx.topo, ctx.handle(g.name)
+    def _gpu_guest(self, ctx: Context, args: WorkloadsArgs, g: Guest, version: pulumi.Output) -> None:
+        topo, handle = ctx.topo, args.guests[g.name]
         driver = script("gpu-driver", handle, version.apply(lambda v: wl.gpu_driver_script(topo, g, v)),
-                        parent=self)
+                        extra_files=wl.gpu_guest_files(), parent=self)
         services = wl.gpu_services_on(topo, g)
         users: dict[str, pulumi.Resource] = {}
         certs: dict[str, pulumi.Resource] = {}
@@ -104,7 +121,7 @@ class WorkloadsTier(pulumi.ComponentResource):
             if wl.needs_certificate(s):
                 # One certificate at a time per guest: each HTTP-01 answer binds port 80.
                 certs[s.name] = service_certificate(
-                    ctx, handle, s.name, wl.certificate_names(topo, s, g), **wl.certificate_hooks(s),
+                    args.issuer, handle, s.name, wl.certificate_names(topo, s, g), **wl.certificate_hooks(s),
                     parent=self, depends_on=[users[s.name], *previous_cert])
                 previous_cert = [certs[s.name]]
         # Services that cannot serve TLS sit behind nginx on their catalog port (run.tls: sidecar),
@@ -119,31 +136,30 @@ class WorkloadsTier(pulumi.ComponentResource):
             cert = [certs[s.name]] if s.name in certs else []
             # Its health check goes through the sidecar, if it has one.
             front = sidecar if s in fronted else []
+            # Removed from the catalog, the service stops and its unit goes (the step's delete).
             push(f"svc-{s.name}", handle, wl.gpu_service_files(topo, s, g), **wl.gpu_service_hooks(s),
-                 parent=self, depends_on=[driver, users[s.name], *cert, *front])
+                 parent=self, depends_on=[driver, users[s.name], *cert, *front], delete=wl.gpu_service_delete(s))
 
-    def _portainer(self, ctx: Context) -> None:
-        topo, secrets = ctx.topo, ctx.secrets
+    def _portainer(self, ctx: Context, args: WorkloadsArgs) -> None:
+        topo = ctx.topo
         p = topo.portainer
-        handle = ctx.handle(p.name)
-        cert = service_certificate(ctx, handle, wl.portainer_tls_name(topo), wl.portainer_certificate_names(topo),
+        handle = args.guests[p.name]
+        cert = service_certificate(args.issuer, handle, wl.portainer_tls_name(topo), wl.portainer_certificate_names(topo),
                                    group="root", reload=f"docker restart {wl.PORTAINER_CONTAINER}", parent=self)
-        server_files = pulumi.Output.secret(pulumi.Output.all(secrets.portainer_admin_password,
-                                                              secrets.agent_secret).apply(
+        server_files = pulumi.Output.secret(pulumi.Output.all(args.portainer_admin_password,
+                                                              args.agent_secret).apply(
             lambda s: wl.portainer_server_files(topo, s[0], s[1])))
         server = _run("portainer-server", handle, wl.portainer_server_script(topo), server_files,
                       parent=self, depends_on=[cert])
         environments: dict[str, str] = {}
-        registrations: dict[str, pulumi.Resource] = {}
+        registrations = self.registrations
         for a in topo.agents:
-            agent_handle = ctx.handle(a.name)
-            files = pulumi.Output.secret(secrets.agent_secret.apply(lambda s, a=a: wl.agent_files(topo, a, s)))
+            agent_handle = args.guests[a.name]
+            files = pulumi.Output.secret(args.agent_secret.apply(lambda s, a=a: wl.agent_files(topo, a, s)))
             agent = _run("portainer-agent", agent_handle, wl.agent_script(topo, a), files, parent=self)
             path = f"{wl.SCRIPTS}/register-{a.name}.sh"
             registrations[a.name] = script(
                 f"register-{a.name}", handle, wl.registration_script(topo, a), parent=self,
                 depends_on=[server, agent], delete=f"[ ! -f {path} ] || bash {path} delete")
             environments[a.name] = wl.agent_url(topo, a)
-        # The compose stacks tier deploys onto an agent's environment once it is registered.
-        ctx.facts[REGISTRATIONS_FACT] = registrations
         self.exports["portainerEnvironments"] = environments

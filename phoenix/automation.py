@@ -9,7 +9,12 @@
     report = stack.drift()            # preview --refresh --expect-no-changes
 
 The stack lives in this project directory (``Pulumi.yaml``, ``Pulumi.<stack>.yaml``); the
-program is the same ``__main__.py`` that ``pulumi up`` runs. Secret config values reach the
+program is the same ``__main__.py`` that ``pulumi up`` runs. An existing stack is selected, never
+made up: a stack name the backend does not know is an error naming it (``StackNotFound``), so a
+typo in ``preview``, ``drift``, ``refresh`` or ``destroy`` cannot create an empty stack (whose
+preview would show the whole lab as new, and whose drift check would pass). Only ``phoenix up``
+creates a stack (``create=True``), and only one whose ``Pulumi.<stack>.yaml`` the project has:
+the first deployment of a stack someone wrote down. Secret config values reach the
 CLI on standard input, never on its command line. Secret stack outputs stay masked in a
 Result unless asked for with ``reveal=True``.
 
@@ -26,10 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
-from phoenix.errors import ConfigError, problem
-from phoenix.stackfile import NAMESPACE
+from phoenix.errors import ConfigError, Failed, problem
+from phoenix.stackfile import NAMESPACE, PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 INSTALL_HINT = ("the `pulumi` CLI is not installed (not found on PATH); install it from "
                 "https://www.pulumi.com/docs/install/ or with `curl -fsSL https://get.pulumi.com | sh`")
 SECRET_MASK = "[secret]"
@@ -42,6 +46,16 @@ OnOutput = Callable[[str], None]
 class PulumiMissing(RuntimeError):
     def __init__(self) -> None:
         super().__init__(INSTALL_HINT)
+
+
+class StackNotFound(ConfigError):
+    """The backend has no stack of that name (and this operation does not create one)."""
+
+    def __init__(self, name: str, backend_says: str = "") -> None:
+        why = f" ({backend_says})" if backend_says else ""
+        super().__init__([problem("--stack", f"no stack named {name!r} in the Pulumi backend{why}; `pulumi stack ls` "
+                                  "lists them. Only `phoenix up` creates a stack, on its first deployment, and only "
+                                  f"when the project has its Pulumi.{name}.yaml")])
 
 
 def pulumi_binary() -> Optional[str]:
@@ -140,6 +154,11 @@ def from_update(operation: str, res, stack: str, events: list = (), reveal: bool
                   _steps(list(events)), outputs, secrets, res.stdout)
 
 
+def _first_line(err: Exception) -> str:
+    text = (getattr(err, "stderr", "") or str(err)).strip().splitlines()
+    return next((line.strip() for line in text if "no stack named" in line), "").removeprefix("error: ")
+
+
 # -- config -------------------------------------------------------------------------------------
 def config_key(key: str) -> str:
     if not key or any(c.isspace() for c in key):
@@ -154,19 +173,25 @@ def config_text(value: Any) -> str:
 
 # -- the stack ----------------------------------------------------------------------------------
 class PhoenixStack:
-    """One Phoenix stack in this project directory, selected (or created) by name."""
+    """One Phoenix stack in this project directory, selected by name; ``create=True`` (``phoenix up``)
+    also creates it when the backend does not have it yet and the project has its stack file."""
 
     def __init__(self, name: str, work_dir: Path | str = PROJECT_ROOT,
-                 on_output: Optional[OnOutput] = None, env: Optional[Mapping[str, str]] = None):
+                 on_output: Optional[OnOutput] = None, env: Optional[Mapping[str, str]] = None,
+                 create: bool = False):
         self.binary = require_pulumi()
         from pulumi import automation as auto
         self._auto = auto
         self.name, self.work_dir = name, Path(work_dir)
         self.on_output = on_output
         self.env = dict(env or {})
-        self.stack = auto.create_or_select_stack(
-            stack_name=name, work_dir=str(self.work_dir),
-            opts=auto.LocalWorkspaceOptions(env_vars=self.env))
+        opts = auto.LocalWorkspaceOptions(env_vars=self.env)
+        try:
+            self.stack = auto.select_stack(stack_name=name, work_dir=str(self.work_dir), opts=opts)
+        except auto.StackNotFoundError as err:
+            if not (create and (self.work_dir / f"Pulumi.{name}.yaml").is_file()):
+                raise StackNotFound(name, _first_line(err)) from None
+            self.stack = auto.create_stack(stack_name=name, work_dir=str(self.work_dir), opts=opts)
 
     # -- config --------------------------------------------------------------------------
     def set_config(self, values: Mapping[str, Any] = None, secrets: Mapping[str, str] = None) -> None:
@@ -221,6 +246,20 @@ class PhoenixStack:
 
     def outputs(self, reveal: bool = False) -> tuple[dict, frozenset]:
         return typed_outputs(self.stack.outputs(), reveal)
+
+    def export_state(self) -> str:
+        """The stack's state as ``pulumi stack export`` writes it: every secret (the root and
+        intermediate keys, the generated passwords) stays ciphertext of the stack's secrets
+        provider. Not through the SDK: its ``Stack.export_stack`` passes ``--show-secrets``
+        (pulumi/automation/_local_workspace.py ``export_stack``) and would decrypt them all."""
+        env = {**os.environ, **self.env, "PULUMI_SKIP_UPDATE_CHECK": "true"}
+        done = subprocess.run([self.binary, "stack", "export", "--stack", self.name], capture_output=True,
+                              text=True, cwd=self.work_dir, env=env)
+        if done.returncode != 0:
+            # stderr only: whatever the CLI printed on stdout is state, never a message
+            last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise Failed(f"pulumi stack export --stack {self.name} failed: {last.removeprefix('error: ')}")
+        return done.stdout
 
     def drift(self, refresh: bool = True) -> Result:
         """``preview --refresh --expect-no-changes``: the lab as it is against what the program wants.

@@ -1,4 +1,9 @@
-"""The ``phoenix`` command. Exit codes: 0 ok, 1 failed, 2 bad input (one line per problem)."""
+"""The ``phoenix`` command: offline plans and checks of a stack, and its deployment through Pulumi.
+
+Every command takes the stack as ``--stack NAME`` (``Pulumi.<NAME>.yaml`` in this project, ``dev``
+when not given) or ``--config-file PATH`` (any stack file; its catalog path is relative to it),
+and ends with a code of ``phoenix.exits.TABLE``.
+"""
 
 from __future__ import annotations
 
@@ -11,72 +16,66 @@ import sys
 import tempfile
 from pathlib import Path
 
-from phoenix.errors import ConfigError, problem
+from phoenix.errors import ConfigError, Failed, problem
+from phoenix.exits import Exit, run
+from phoenix.stackfile import (DEFAULT_STACK, PROJECT_ROOT, add_stack_arguments, read_stack_file, stack_file,
+                               stack_name)
+from phoenix.verify import add_verify_parser
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-class Failed(Exception):
-    """The command could not do its job (not the input's fault): one line, exit 1."""
-
-
-def _stack_file(args) -> Path:
-    if getattr(args, "config_file", None):
-        return Path(args.config_file)
-    return PROJECT_ROOT / f"Pulumi.{args.stack}.yaml"
+__all__ = ["main", "parser", "Failed", "PROJECT_ROOT"]
 
 
-def _stack_name(args) -> str:
-    if args.stack:
-        return args.stack
-    return Path(args.config_file).name.removeprefix("Pulumi.").removesuffix(".yaml")
+def _stack(args):
+    return read_stack_file(stack_file(args.stack, args.config_file), stack_name(args.stack, args.config_file))
 
 
-def _topology(args):
-    from phoenix.audit import route_audit
-    from phoenix.model import parse_lab
-    from phoenix.stackfile import expand_catalog, read_stack_file
-    from phoenix.topology import build
-    stack = read_stack_file(_stack_file(args), _stack_name(args))
-    topo = build(parse_lab(expand_catalog(stack.phoenix(), stack.root)))
-    report = route_audit(topo)
-    if report.problems:
-        raise ConfigError(report.problems)
-    return stack, topo, report
+def _load(args):
+    """The stack and its one load (model, artifacts, audit), or ConfigError."""
+    from phoenix.loader import load_stack
+    stack = _stack(args)
+    return stack, load_stack(stack)
 
 
 def cmd_plan(args) -> int:
-    from phoenix.plan import make_plan
-    from phoenix.stackfile import read_stack_file
-    stack = read_stack_file(_stack_file(args), _stack_name(args))
+    from phoenix.loader import load_stack
+    from phoenix.plan import plan_loaded
+    from phoenix.plan.outdir import check
+    stack = _stack(args)
+    out = Path(args.out or f"build/{stack.name}")
+    check(out)                  # before the work: a directory that is not a plan is refused
     if args.against:
         _check_ref(args.against)
-    plan = make_plan(stack)
-    out = Path(args.out or f"build/{stack.name}")
+    loaded = load_stack(stack)              # the one load: what is audited and printed is what is planned
+    plan = plan_loaded(stack, loaded)
     plan.write(out, with_secrets=args.with_secrets)
     # With --against the diff is the output (a PR comment, say); the summary goes to stderr.
     say = (lambda line: print(line, file=sys.stderr)) if args.against else print
     say(plan.summary())
-    from phoenix.audit import route_audit
-    for line in route_audit(plan.topo).lines:
+    for line in loaded.audit.lines:
         say(line)
     say(f"plan written to {out}/ (plan.json, files/, topology.mmd)")
     if args.with_secrets:
         say(f"warning: {out}/secrets/ and files/ hold secret material; do not share or commit them")
+    from phoenix import diff
+    # Hazards are errors (exit 2), after the plan and the diff are out for review.
+    found = diff.static_hazards(json.loads((out / "plan.json").read_text())["resources"])
     if args.against:
-        from phoenix import diff
         base = plan_at_ref(args.against, args)
-        print(diff.diff(base, diff.load(out)).render(args.format), end="")
-    return EXIT_OK
+        result = diff.diff(base, diff.load(out))
+        print(result.render(args.format), end="")
+        found += result.hazards
+    if found:
+        raise ConfigError([h.line() for h in found])
+    return Exit.OK
 
 
 def cmd_validate(args) -> int:
-    stack, topo, report = _topology(args)
-    for line in report.lines:
+    stack, loaded = _load(args)
+    for line in loaded.audit.lines:
         print(line)
-    print(f"stack {stack.name!r} is valid: {len(topo.lab.guests)} guests, {len(topo.lab.services)} services")
-    return EXIT_OK
+    lab = loaded.lab
+    print(f"stack {stack.name!r} is valid: {len(lab.guests)} guests, {len(lab.services)} services")
+    return Exit.OK
 
 
 # -- plan --against REF: the same stack at another commit, in a temporary worktree -------------
@@ -110,12 +109,13 @@ def plan_at_ref(ref: str, args):
             given = Path(args.config_file).resolve()
             inside = given.is_relative_to(PROJECT_ROOT)
             stack_args = ["--config-file", str(project / given.relative_to(PROJECT_ROOT) if inside else given)]
-            stack_file = Path(stack_args[1])
+            path = Path(stack_args[1])
         else:
-            stack_args, stack_file = ["--stack", args.stack], project / f"Pulumi.{args.stack}.yaml"
-        if not stack_file.exists():
-            print(f"note: {stack_file.name} does not exist at {ref}: every resource is new", file=sys.stderr)
-            return diff.Snapshot(_stack_name(args), {}, {})
+            name = args.stack or DEFAULT_STACK
+            stack_args, path = ["--stack", name], project / f"Pulumi.{name}.yaml"
+        if not path.exists():
+            print(f"note: {path.name} does not exist at {ref}: every resource is new", file=sys.stderr)
+            return diff.Snapshot(stack_name(args.stack, args.config_file), {}, {})
         out = scratch / "plan"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(project), *filter(None, [os.environ.get("PYTHONPATH")])])}
@@ -143,24 +143,26 @@ def cmd_diff(args) -> int:
         Path(args.out).write_text(text)
     else:
         print(text, end="")
-    return EXIT_OK
+    if result.hazards:
+        raise ConfigError([h.line() for h in result.hazards])
+    return Exit.OK
 
 
 def cmd_graph(args) -> int:
     from phoenix.graph import GraphvizMissing, render
     if args.format == "png" and not args.out:
         raise ConfigError([problem("--out", "a PNG picture needs --out FILE")])
-    _, topo, _ = _topology(args)
+    stack, loaded = _load(args)
     try:
-        data = render(topo, args.format)
+        data = render(loaded.topo, args.format)
     except GraphvizMissing as err:
         raise Failed(str(err)) from None
     if args.out:
         Path(args.out).write_bytes(data)
-        print(f"{args.format} picture of stack {_stack_name(args)!r} written to {args.out}")
+        print(f"{args.format} picture of stack {stack.name!r} written to {args.out}")
     else:
         sys.stdout.write(data.decode())
-    return EXIT_OK
+    return Exit.OK
 
 
 def cmd_docs(args) -> int:
@@ -170,10 +172,10 @@ def cmd_docs(args) -> int:
         if not docs.is_current(path):
             raise Failed(f"{path} is stale: regenerate it with `phoenix docs`")
         print(f"{path} is current")
-        return EXIT_OK
+        return Exit.OK
     docs.write(path)
     print(f"config reference written to {path}")
-    return EXIT_OK
+    return Exit.OK
 
 
 # -- Automation API: preview, up, refresh, destroy, drift -----------------------------------------
@@ -196,6 +198,7 @@ def cmd_operation(args) -> int:
     from phoenix import automation
     op = args.command
     work_dir = Path(args.cwd) if args.cwd else PROJECT_ROOT
+    args.stack = args.stack or DEFAULT_STACK
     if op in ("up", "destroy") and not args.yes:
         raise ConfigError([problem(op, f"`phoenix {op}` changes the lab: pass --yes "
                                    "(see what it would do with `phoenix preview` first)")])
@@ -203,11 +206,12 @@ def cmd_operation(args) -> int:
     if op in ("preview", "up", "drift"):
         # Refuse a bad config here, with the key named, before the CLI is even started.
         args.config_file = str(work_dir / f"Pulumi.{args.stack}.yaml")
-        _topology(args)
+        _load(args)
     try:
         # The engine's own output streams as it comes: to stderr when stdout carries the JSON result.
         stream = None if args.quiet else (lambda line: print(line, file=sys.stderr)) if args.json else print
-        stack = automation.PhoenixStack(args.stack, work_dir, on_output=stream)
+        # Only `up` may create the stack (its first deployment); a typo elsewhere is an error.
+        stack = automation.PhoenixStack(args.stack, work_dir, on_output=stream, create=op == "up")
         if secrets:
             stack.set_config(secrets=secrets)
         result = stack.drift() if op == "drift" else (
@@ -227,8 +231,33 @@ def cmd_operation(args) -> int:
     if op == "drift" and result.has_changes:
         print(f"drift: stack {args.stack!r} differs from what the program wants "
               f"({len(result.steps)} resources); `phoenix up` converges it", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+        return Exit.DRIFT
+    return Exit.OK
+
+
+def cmd_state_export(args) -> int:
+    """The stack's state, secrets encrypted, in a new 0600 file (phoenix.state_export)."""
+    from phoenix import automation
+    from phoenix.state_export import export
+    out = Path(args.out)
+    if out.exists() or out.is_symlink():
+        raise ConfigError([problem("--out", f"{out} exists; an export never overwrites a file")])
+    if not out.parent.is_dir():
+        raise ConfigError([problem("--out", f"no such directory {out.parent}")])
+    work_dir = Path(args.cwd) if args.cwd else PROJECT_ROOT
+    try:
+        stack = automation.PhoenixStack(args.stack or DEFAULT_STACK, work_dir)
+        done = export(stack, out)
+    except automation.PulumiMissing as err:
+        raise Failed(str(err)) from None
+    except stack_errors() as err:
+        raise Failed(f"pulumi stack export failed: {_last_lines(err)}") from None
+    print(f"state of stack {stack.name!r} written to {done.path} (mode 0600): {done.resources} resources, "
+          f"{done.secrets} secrets, all encrypted by the stack's secrets provider ({done.provider})")
+    if done.provider == "passphrase":
+        print("restoring it needs this stack's passphrase (PULUMI_CONFIG_PASSPHRASE) and its Pulumi."
+              f"{stack.name}.yaml (its encryptionsalt): keep the passphrase apart from this file")
+    return Exit.OK
 
 
 def stack_errors() -> tuple:
@@ -246,10 +275,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="phoenix", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def stack_args(sp):
-        g = sp.add_mutually_exclusive_group(required=True)
-        g.add_argument("--stack", "-s", help="stack name (reads Pulumi.<stack>.yaml)")
-        g.add_argument("--config-file", help="path of any stack file")
+    stack_args = add_stack_arguments
 
     sp = sub.add_parser("plan", help="offline plan: evaluate the program under the mock runtime")
     stack_args(sp)
@@ -290,10 +316,11 @@ def parser() -> argparse.ArgumentParser:
              "up": "pulumi up of a stack (needs --yes)",
              "refresh": "pulumi refresh: read the lab's real state into the stack",
              "destroy": "pulumi destroy of a stack (needs --yes)",
-             "drift": "does the lab differ from the program? (preview --refresh --expect-no-changes; exit 1 on drift)"}
+             "drift": "does the lab differ from the program? (preview --refresh --expect-no-changes; "
+                      f"exit {int(Exit.DRIFT)} on drift, {int(Exit.FAILED)} when it cannot tell)"}
     for name, text in helps.items():
         sp = sub.add_parser(name, help=text, description=text)
-        sp.add_argument("--stack", "-s", required=True, help="stack name (Pulumi.<stack>.yaml in the project)")
+        sp.add_argument("--stack", "-s", help=f"stack name (Pulumi.<stack>.yaml in the project; default {DEFAULT_STACK})")
         sp.add_argument("--cwd", help="the Pulumi project directory (default: this checkout)")
         sp.add_argument("--secret-env", action="append", metavar="KEY=ENVVAR",
                         help="set config secret KEY from environment variable ENVVAR first (repeatable)")
@@ -305,24 +332,20 @@ def parser() -> argparse.ArgumentParser:
             sp.add_argument("--reveal", action="store_true", help="show secret stack outputs in clear")
         sp.set_defaults(func=cmd_operation, config_file=None, yes=False, reveal=False)
 
-    from phoenix.verify import add_verify_parser
+    text = "export the stack's state (its generated keys and passwords stay encrypted) to a new 0600 file"
+    sp = sub.add_parser("state-export", help=text, description=text)
+    sp.add_argument("--stack", "-s", help=f"stack name (default {DEFAULT_STACK})")
+    sp.add_argument("--cwd", help="the Pulumi project directory (default: this checkout)")
+    sp.add_argument("--out", required=True, metavar="FILE", help="the file to create (never overwritten)")
+    sp.set_defaults(func=cmd_state_export)
+
     add_verify_parser(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except ConfigError as err:
-        for line in err.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except Failed as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return EXIT_FAILED
+    return run(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -15,16 +15,33 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from phoenix import model
+from phoenix.model import catalog, fields, lab
+
+#: the modules whose classes are the schema (their ``#:`` comments are the notes).
+SCHEMA_MODULES = (lab, catalog)
 
 REFERENCE = Path(__file__).resolve().parent.parent / "docs" / "config-reference.md"
-_FORMATS = {"ipv4": "IPv4 address", "ipv4network": "IPv4 network (CIDR)"}
+#: the firewall matrix, beside the reference (``phoenix docs`` writes both).
+MATRIX_NAME = "firewall-matrix.md"
+#: the stack the matrix is drawn for.
+MATRIX_STACK = "dev"
+_FORMATS = {"ipv4": "IPv4 address", "ipv4network": "IPv4 network (CIDR)", "ipv4-network": "IPv4 network (CIDR)"}
 
 
 def field_notes() -> dict[str, dict[str, str]]:
-    """class name -> field name (snake_case) -> the ``#:`` comment above it in model.py."""
-    tree = ast.parse(inspect.getsource(model))
-    lines = inspect.getsource(model).splitlines()
+    """class name -> field name (snake_case) -> the ``#:`` comment above it in the model's modules."""
+    notes: dict[str, dict[str, str]] = {}
+    for module in SCHEMA_MODULES:
+        notes.update(_module_notes(inspect.getsource(module)))
+    return notes
+
+
+def _module_notes(source: str) -> dict[str, dict[str, str]]:
+    tree = ast.parse(source)
+    lines = source.splitlines()
     notes: dict[str, dict[str, str]] = {}
     for node in tree.body:
         if not isinstance(node, ast.ClassDef):
@@ -81,7 +98,7 @@ def _default(cls: type, name: str) -> str:
     if info.is_required():
         return "required"
     value = info.get_default(call_default_factory=True)
-    if isinstance(value, model.BaseModel):
+    if isinstance(value, BaseModel):
         return "see below"
     value = json.loads(json.dumps(value, default=str))
     if value is None:
@@ -91,7 +108,10 @@ def _default(cls: type, name: str) -> str:
     return f"`{json.dumps(value)}`"
 
 
-_VALIDATED = {"_hostname_label": "DNS label (a-z, 0-9, '-')", "_domain": "domain name"}
+_VALIDATED = {fields._hostname_label.__name__: "DNS label (a-z, 0-9, '-')", fields._domain.__name__: "domain name",
+              catalog._health_path.__name__: "URL path (/segment/..., letters, digits and ._~-; optional ?query)",
+              catalog._body_size.__name__: "size (1 to 999999, optionally k, m or g)",
+              catalog._run_command.__name__: "command (an absolute path, then words; placeholders {name} only)"}
 
 
 def _validated_as(annotation: Any) -> str | None:
@@ -145,7 +165,7 @@ def reference() -> str:
     out += _table(model.Lab, schema, notes.get("Lab", {}))
     for name in sorted(defs):
         cls = getattr(model, name, None)
-        if cls is None or not isinstance(cls, type) or not issubclass(cls, model.BaseModel):
+        if cls is None or not isinstance(cls, type) or not issubclass(cls, BaseModel):
             continue
         out += ["", f"## {name}", ""]
         doc = inspect.getdoc(cls)
@@ -160,17 +180,79 @@ def schema_path(reference_path: Path) -> Path:
     return reference_path.parent / "phoenix.schema.json"
 
 
+def matrix_path(reference_path: Path) -> Path:
+    return reference_path.parent / MATRIX_NAME
+
+
 def write(path: Path = REFERENCE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(reference())
     schema_path(path).write_text(schema_json())
+    matrix_path(path).write_text(firewall_matrix())
     return path
 
 
 def is_current(path: Path = REFERENCE) -> bool:
-    schema = schema_path(path)
+    schema, matrix = schema_path(path), matrix_path(path)
     return (path.exists() and path.read_text() == reference()
-            and schema.exists() and schema.read_text() == schema_json())
+            and schema.exists() and schema.read_text() == schema_json()
+            and matrix.exists() and matrix.read_text() == firewall_matrix())
+
+
+def firewall_matrix(stack: str = MATRIX_STACK) -> str:
+    """The firewall matrix of a shipped stack, as its guests' rules are made (``phoenix.topology``
+    flows, ``phoenix.render.firewall``): who reaches what, and why."""
+    from phoenix.model import parse_lab
+    from phoenix.render.firewall import INPUT_POLICY, OUTPUT_POLICY, flow_rules
+    from phoenix.stackfile import PROJECT_ROOT, expand_catalog, read_stack_file
+    from phoenix.topology import build
+    config = read_stack_file(PROJECT_ROOT / f"Pulumi.{stack}.yaml")
+    topo = build(parse_lab(expand_catalog(config.phoenix(), config.root)))
+    net = topo.lab.network
+    kinds = {"any": "anywhere", "guests": f"the guests ({net.cidr})",
+             "management": "management: " + (", ".join(topo.management_sources) or "none"),
+             "nodes": "the Proxmox nodes: " + ", ".join(topo.jump_hosts)}
+    roles = {g.name: g.role for g in topo.lab.guests}
+    order = {g.name: i for i, g in enumerate(topo.lab.guests)}
+    rows: dict[bool, list[tuple[int, int, str]]] = {True: [], False: []}
+    for n, flow in enumerate(topo.flows):
+        for guest, rules in flow_rules(topo, flow).items():
+            port = f"{flow.port}/{flow.proto}"
+            who = f"`{guest}` ({roles[guest]})"
+            out = flow.target == "any"
+            source = "anywhere" if out else (kinds.get(flow.source)
+                                             or f"`{flow.source}` ({', '.join(r.source for r in rules)})")
+            rows[out].append((order[guest], n, f"| {who} | {port} | {_cell(source)} | {_cell(flow.purpose)} |"))
+    inbound = ["| guest | port | from | why |", "|---|---|---|---|", *(r for *_, r in sorted(rows[False]))]
+    outbound = ["| guest | port | to | why |", "|---|---|---|---|", *(r for *_, r in sorted(rows[True]))]
+    return "\n".join([
+        "# Firewall matrix",
+        "",
+        f"<!-- Generated by `phoenix docs` from the {stack} stack's topology (phoenix.topology flows, "
+        "phoenix.render.firewall); do not edit by hand. -->",
+        "",
+        f"Every guest's Proxmox firewall has input policy {INPUT_POLICY} and output policy {OUTPUT_POLICY}: "
+        "what no row below lets in is dropped. The rows are those of the shipped "
+        f"`Pulumi.{stack}.yaml`; another stack has the same rows with its own guests, ports and networks.",
+        "",
+        "* Admin access (SSH, the Traefik dashboard and metrics) comes only from the networks in "
+        "`phoenix:network.management`, and SSH also from the Proxmox nodes when `proxmox.sshViaNode` "
+        "is on (the deploy's jump host). The guest network's gateway is not a management source: list "
+        "it in `network.management` only if it is a machine of yours that needs SSH.",
+        "* `phoenix verify` run from a management host reaches what it checks: Step-CA's health, the "
+        "mesh's ping (metrics port) and every service's health through the mesh's internal entrypoint "
+        "(the mesh's gateway entrypoint is the gateway's only).",
+        "* Guest firewalls act only while the datacenter firewall is on. Phoenix changes the "
+        "datacenter's options only with `phoenix:firewall.manageCluster: true` (off by default).",
+        "",
+        "## Inbound",
+        "",
+        *inbound,
+        "",
+        "## Outbound (kept open should an operator tighten the output policy)",
+        "",
+        *outbound,
+    ]) + "\n"
 
 
 def schema_json() -> str:

@@ -19,3 +19,7 @@ class ConfigError(Exception):
 
 def problem(path: str, message: str) -> str:
     return f"{path}: {message}"
+
+
+class Failed(Exception):
+    """The command could not do its job (not the input's fault): one line, exit 1."""

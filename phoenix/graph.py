@@ -1,7 +1,7 @@
 """The topology picture as Graphviz DOT, rendered to SVG or PNG by ``dot`` when it is installed.
 
 The same picture as ``phoenix.plan.graph.mermaid`` (tiers as clusters, the allowed flows as
-edges, the PKI), drawn offline: Mermaid renderers need a browser, Graphviz does not.
+edges, the service-to-service paths, the PKI), drawn offline: Mermaid renderers need a browser, Graphviz does not.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from collections import defaultdict
 
-from phoenix.plan.graph import flow_edges
+from phoenix.plan.graph import flow_edges, service_paths
 from phoenix.topology import Topology
 
 TIER_TITLES = {"dns": "Dual-horizon DNS", "gateway": "Nginx gateway", "mesh": "Traefik mesh",
@@ -54,9 +54,16 @@ def dot(topo: Topology) -> str:
     out.append('    label="Phoenix PKI (in the program)"; style=dashed;')
     out.append('    root [label="Root CA\\n(key in stack state)"];')
     out.append('    inter [label="Intermediate CA"];')
+    out.append('    gwca [label="Gateway client CA"];')
     out.append("    root -> inter;")
+    out.append("    root -> gwca;")
     out.append("  }")
     out.append(f'  inter -> {_id(topo.ca.name)} [label="held by"];')
+    out.append(f'  gwca -> {_id(topo.gateway.name)} [style=dotted, label="signs its client certificate '
+               '(trusted alone by the mesh\'s gateway entrypoint)"];')
+    label, names = service_paths(topo)
+    out.append('  clients [label="internal clients\\n(every guest)", shape=ellipse];')
+    out.append(f'  clients -> {_id(topo.mesh.name)} [label={_q(label + ": " + ", ".join(names))}];')
     out.append(f'  root -> {_id(topo.gateway.name)} [style=dotted, label="trusted by every guest", '
                'lhead=cluster_proxmox];')
     outside = {"any": "internet", "management": "mgmt"}

@@ -2,8 +2,8 @@
 
 * the root fingerprint clients bootstrap with;
 * Step-CA's authority policy (the name constraints pulumi-tls cannot write into the
-  intermediate) and the matching rule it applies, so the model can refuse a domain the CA
-  would never issue for;
+  intermediate): exactly the names the lab requests, and the matching rule the CA applies, so
+  the model can refuse a request the CA would never issue;
 * the JWK provisioner's key as Step-CA lists it, and its private half as the JWE Step-CA
   hands to clients (``encryptedKey``), *deterministic* for the same key and password (salt,
   content key and IV derived from them): a re-run of the program produces the same bytes,
@@ -37,36 +37,44 @@ def fingerprint_sha256(cert_pem: str) -> str:
 
 # -- Step-CA's authority policy ----------------------------------------------------------------
 def domain_permitted(name: str, constraint: str) -> bool:
-    """Step-CA's DNS rule (Go's x509 name-constraint match): ``*.d`` or ``.d`` permits names
-    strictly below ``d``; a bare ``d`` permits ``d`` and every name below it."""
-    name, constraint = name.lower().rstrip("."), constraint.lower()
+    """Step-CA's DNS rule, as the pinned release (0.28) applies ``authority.policy``
+    (policy/options.go ``normalizeAndValidateDNSDomainConstraint``, policy/validate.go
+    ``matchDomainConstraint``): ``*.d`` permits a name exactly ONE label below ``d`` (not ``d``,
+    not deeper: ``a.b.d`` is refused); a bare ``d`` permits ``d`` alone. A literal wildcard name
+    (``*.x``) is never permitted (the policy sets ``allowWildcardNames: false``)."""
+    name, constraint = name.lower(), constraint.strip().lower()
+    if name.startswith("*") or not name or name.endswith("."):
+        return False
     if constraint.startswith("*."):
-        constraint = constraint[1:]
-    if constraint.startswith("."):
-        return name.endswith(constraint) and len(name) > len(constraint)
-    return name == constraint or name.endswith("." + constraint)
+        suffix = constraint[1:]
+        return name.endswith(suffix) and len(name) > len(suffix) and "." not in name[:-len(suffix)]
+    return name == constraint
+
+
+def policy_names(topo) -> list[str]:
+    """Every name any guest of the lab asks Step-CA for (``Topology.step_ca_names``), sorted."""
+    return sorted({n for names in topo.step_ca_names.values() for n in names})
 
 
 def ca_policy(lab, topo) -> dict:
-    """``authority.policy``: DNS names in the allowed domains, IPs in the lab network.
+    """``authority.policy``: exactly the names the lab requests (the mesh's own name and every
+    service's names, each other ACME client's guest name), nothing else: no other DNS name, no
+    address, no wildcard. A new service or replica changes the policy with the catalog.
 
-    ``localhost`` and 127.0.0.1 are allowed too because they are SANs of the CA's own
-    certificate (its local health check uses them): depending on the release, Step-CA runs
-    its own TLS certificate through the same policy and would refuse to start otherwise.
+    The policy gates what the CA signs for clients (ACME orders, JWK tokens), not the CA's own
+    TLS certificate, which the intermediate's name constraints gate instead (0.20 to the pinned
+    0.28.1: authority/tls.go ``GetTLSCertificate``): its names (``localhost`` and 127.0.0.1 for
+    the local health check among them) stay out of it, so no client can be issued them.
+    ``lab.pki.allowedDomains`` bounds these names (``outside_allowed_domains``).
     """
+    return {"x509": {"allow": {"dns": policy_names(topo)}, "allowWildcardNames": False}}
+
+
+def outside_allowed_domains(lab, names) -> list[str]:
+    """The names Step-CA may not issue under ``pki.allowedDomains`` (one label below one of
+    them; the internal domain by default)."""
     domains = lab.pki.allowed_domains or [lab.domains.internal]
-    dns = [f"*.{d}" for d in domains]
-    ips = [str(lab.network.cidr)]
-    for san in topo.ca_sans:
-        try:
-            addr = ipaddress.ip_address(san)
-        except ValueError:
-            if not any(domain_permitted(san, c) for c in dns):
-                dns.append(san)
-            continue
-        if not any(addr in ipaddress.ip_network(n) for n in ips):
-            ips.append(f"{addr}/{addr.max_prefixlen}")
-    return {"x509": {"allow": {"dns": dns, "ip": ips}, "allowWildcardNames": False}}
+    return [n for n in names if not any(domain_permitted(n, f"*.{d}") for d in domains)]
 
 
 def policy_permits(policy: dict, name: str) -> bool:
@@ -118,18 +126,3 @@ def encrypted_jwk(private_jwk: dict, password: str, rounds: int = KDF_ROUNDS) ->
     ciphertext, tag = sealed[:-16], sealed[-16:]
     return ".".join([protected, b64url(aes_key_wrap(kek, cek)), b64url(iv), b64url(ciphertext), b64url(tag)])
 
-
-# -- what a real deployment needs that a plan does not ----------------------------------------
-def deploy_problems(lab) -> list[str]:
-    """Pins the install step refuses to run without (a plan shows the refusal instead)."""
-    from .errors import problem
-    pki, out = lab.pki, []
-    if not pki.step_ca_sha256:
-        out.append(problem("phoenix:pki.stepCaSha256",
-                           f"required to install step-ca {pki.step_ca_version}: the sha256 of its amd64 .deb "
-                           "from the release's checksums.txt (Phoenix never guesses a checksum)"))
-    if not pki.step_cli_sha256:
-        out.append(problem("phoenix:pki.stepCliSha256",
-                           f"required to install step-cli {pki.step_cli_version}: the sha256 of its amd64 .deb "
-                           "from the release's checksums.txt"))
-    return out

@@ -1,104 +1,91 @@
-"""The Pulumi program: stack config -> model -> topology -> tiers -> outputs.
+"""The Pulumi program: stack config -> one validated, rendered, audited stack -> tiers -> outputs.
 
-``__main__.py`` calls ``main()``; the offline plan and the tests run the same function under
-Pulumi's mock runtime. Bad input stops here, before any resource is registered.
+Under ``pulumi up`` ``__main__.py`` calls ``main`` with the project directory: the config comes
+from the engine (``pulumi.Config``), the catalog path is relative to the project directory (where
+``Pulumi.<stack>.yaml`` is), and ``phoenix.loader`` checks it all in ``Mode.DEPLOY``. The offline
+plan loads the stack file itself (``Mode.PLAN``) and runs ``deploy`` with that same ``Loaded``
+under Pulumi's mock runtime. Bad input stops in the loader, before any resource is registered.
+
+``deploy`` is where the tiers are wired, and the only place: each tier takes what it needs
+from earlier tiers as a typed ``*Args`` value (``components/*.py``), never by looking it up.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Optional
 
 import pulumi
 import pulumi_proxmoxve as pve
 import pulumi_random as random
 
+from components.base import Context
+from components.dns import DnsArgs, DnsTier
+from components.firewall import FirewallArgs, FirewallTier
+from components.gateway import GatewayArgs, GatewayTier
+from components.guests import GuestsTier
+from components.mesh import MeshArgs, MeshTier
+from components.pki import PkiTier
+from components.resilience import ResilienceArgs, ResilienceTier
+from components.stacks import StacksArgs, StacksTier
+from components.trust import CaArgs, TrustArgs, TrustTier, gateway_client_certificate
+from components.workloads import WorkloadsArgs, WorkloadsTier
 from phoenix.errors import ConfigError, problem
-from phoenix.model import CONFIG_KEYS, Lab, parse_lab
-from phoenix.stackfile import NAMESPACE, expand_catalog
-from phoenix.topology import Topology, build
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-#: set by the offline plan's engine: pins a real deployment needs become warnings, not errors.
-OFFLINE_PLAN = False
-
-#: secrets the operator sets (``pulumi config set --secret``); the rest are generated.
-OPERATOR_SECRETS = {
-    "proxmoxPassword": "the root@pam password of the Proxmox API (or set phoenix:proxmoxApiToken)",
-    "portainerAdminPassword": "Portainer's admin password",
-}
+from phoenix.loader import Loaded, Mode, SecretState, load
+from phoenix.model import CONFIG_KEYS, Lab, stack_secrets
+from phoenix.stackfile import NAMESPACE
 
 
-def read_raw_config(cfg: pulumi.Config) -> dict:
+# -- the engine's config ------------------------------------------------------------------------
+def engine_keys() -> list[str]:
+    """Every key of the namespace the engine holds for this stack (typos included, so the model
+    can refuse them). The SDK offers no list: read its config map, and PULUMI_CONFIG, where the
+    language host puts it."""
+    keys = {*pulumi.runtime.config.CONFIG.get(), *pulumi.runtime.get_config_env()}
+    ns = NAMESPACE + ":"
+    return sorted(k[len(ns):] for k in keys if k.startswith(ns))
+
+
+def engine_values(cfg: pulumi.Config) -> dict:
+    """The namespace's values that are not secret, as the model reads them (objects parsed)."""
     raw: dict = {}
     problems = []
-    if cfg.get("catalog") is not None:
-        raw["catalog"] = cfg.get("catalog")
-    for key in CONFIG_KEYS:
+    for key in engine_keys():
+        if pulumi.runtime.is_config_secret(f"{NAMESPACE}:{key}"):
+            continue
+        if key not in CONFIG_KEYS:
+            raw[key] = cfg.get(key)
+            continue
         try:
-            value = cfg.get_object(key)
+            raw[key] = cfg.get_object(key)
         except pulumi.ConfigTypeError:
             problems.append(problem(f"{NAMESPACE}:{key}", "must be a structured value (a mapping or a list)"))
-            continue
-        if value is not None:
-            raw[key] = value
     if problems:
         raise ConfigError(problems)
     return raw
 
 
-def load(cfg: pulumi.Config | None = None) -> tuple[Lab, Topology]:
-    """Validate the stack's config; every problem at once, as ConfigError."""
+def engine_secrets(cfg: pulumi.Config) -> SecretState:
+    return SecretState(lambda key: cfg.get(key) is not None,
+                       lambda key: pulumi.runtime.is_config_secret(f"{NAMESPACE}:{key}"), cfg.get)
+
+
+def project_directory(given: Optional[Path] = None) -> Path:
+    """Where ``Pulumi.yaml`` and the stack file are: given by ``__main__.py``, else the engine's."""
+    if given is not None:
+        return Path(given)
+    root = pulumi.get_root_directory() if hasattr(pulumi, "get_root_directory") else None
+    return Path(root or os.getcwd())
+
+
+def load_engine_config(project_dir: Path, cfg: Optional[pulumi.Config] = None) -> Loaded:
+    """What ``pulumi up`` deploys: the engine's config, checked for a real deployment."""
     cfg = cfg or pulumi.Config(NAMESPACE)
-    raw = expand_catalog(read_raw_config(cfg), PROJECT_ROOT)
-    lab = parse_lab(raw)
-    topo = build(lab)
-    problems = missing_secrets(cfg, lab)
-    from phoenix.audit import route_audit   # the audit reads the topology; see audit.py
-    problems += route_audit(topo).problems
-    if not OFFLINE_PLAN:
-        problems += deploy_problems(topo)
-    if problems:
-        raise ConfigError(problems)
-    return lab, topo
+    return load(engine_values(cfg), project_dir, Mode.DEPLOY, engine_secrets(cfg))
 
 
-def load_from_stack(stack) -> tuple[Lab, Topology, list[str]]:
-    """The same validation as ``load``, from a stack file (offline plan, tests): lab, topology, warnings."""
-    lab = parse_lab(expand_catalog(stack.phoenix(), stack.root))
-    topo = build(lab)
-    from phoenix.audit import route_audit
-    report = route_audit(topo)
-    if report.problems:
-        raise ConfigError(report.problems)
-    pins = [f"{line} (a real deployment refuses to start without it)" for line in deploy_problems(topo)]
-    return lab, topo, list(report.warnings) + pins
-
-
-def deploy_problems(topo: Topology) -> list[str]:
-    """Release checksums the install steps need: refused before `pulumi up` creates anything."""
-    from phoenix import pki
-    from phoenix.render import mesh
-    return pki.deploy_problems(topo.lab) + mesh.deploy_problems(topo)
-
-
-def missing_secrets(cfg: pulumi.Config, lab: Lab) -> list[str]:
-    out = []
-    needed = ["portainerAdminPassword"] if lab.role("portainer") else []
-    if cfg.get("proxmoxApiToken") is None:
-        needed.insert(0, "proxmoxPassword")
-    from phoenix.render import stacks
-    out += stacks.secret_problems(lab, lambda k: cfg.get(k) is not None,
-                                  lambda k: pulumi.runtime.is_config_secret(f"{NAMESPACE}:{k}"))
-    for key in needed:
-        if cfg.get(key) is None:
-            out.append(problem(f"{NAMESPACE}:{key}", f"required secret is missing ({OPERATOR_SECRETS[key]}); "
-                               f"set it with: pulumi config set --secret {NAMESPACE}:{key} ..."))
-        elif not pulumi.runtime.is_config_secret(f"{NAMESPACE}:{key}"):
-            out.append(problem(f"{NAMESPACE}:{key}", "must be a secret; set it again with --secret"))
-    return out
-
-
+# -- resources every tier shares -------------------------------------------------------------
 def provider(cfg: pulumi.Config, lab: Lab) -> pve.Provider:
     px = lab.proxmox
     token = cfg.get_secret("proxmoxApiToken")
@@ -118,47 +105,46 @@ def generated_secret(name: str, length: int = 32, special: bool = False) -> pulu
     return random.RandomPassword(name, random.RandomPasswordArgs(length=length, special=special)).result
 
 
-def main() -> None:
-    from components.base import Context, Secrets
-    from components.dns import DnsTier
-    from components.firewall import FirewallTier
-    from components.gateway import GatewayTier
-    from components.guests import GuestsTier
-    from components.mesh import MeshTier
-    from components.pki import PkiTier
-    from components.stacks import StacksTier
-    from components.trust import TrustTier
-    from components.workloads import WorkloadsTier
+# -- the tiers, wired --------------------------------------------------------------------------
+def deploy(loaded: Loaded, cfg: Optional[pulumi.Config] = None) -> None:
+    """Register every tier of a loaded stack, each given what it needs from earlier tiers."""
+    cfg = cfg or pulumi.Config(NAMESPACE)
+    lab, topo = loaded.lab, loaded.topo
+    # Every rule (secrets, Portainer's password, the route audit) was checked by the loader.
+    admin_password = cfg.get_secret("portainerAdminPassword")
+    agent_secret = generated_secret("portainer-agent-secret", 48)
+    provisioner_password = generated_secret("step-ca-provisioner-password", 48)
+    tsig_key = random.RandomBytes("tsig-key", random.RandomBytesArgs(length=32)).base64
+    ctx = Context(lab, topo, loaded.artifacts, provider(cfg, lab))
 
-    cfg = pulumi.Config(NAMESPACE)
-    try:
-        lab, topo = load(cfg)
-    except ConfigError as err:
-        raise pulumi.RunError("invalid stack configuration:\n" + str(err)) from None
-
-    secrets = Secrets(
-        portainer_admin_password=cfg.get_secret("portainerAdminPassword"),
-        agent_secret=generated_secret("portainer-agent-secret", 48),
-        provisioner_password=generated_secret("step-ca-provisioner-password", 48),
-        tsig_key=random.RandomBytes("tsig-key", random.RandomBytesArgs(length=32)).base64,
-    )
-    ctx = Context(lab, topo, provider(cfg, lab), secrets)
     pki = PkiTier("pki", ctx)
     guests = GuestsTier("guests", ctx)
-    trust = TrustTier("trust", ctx)     # the root in every guest: needs nothing but the guest
+    handles = guests.handles
+    # The root in every guest first: it needs nothing but the guest, and every later step on
+    # the guest waits for it.
+    trust = TrustTier("trust", ctx, TrustArgs(handles, pki.root_cert_pem, pki.root_fingerprint))
+    for name, step in trust.steps.items():
+        handles[name].ready.append(step)
     # Names next: every later step on any guest (package installs, ACME) resolves through the
     # internal view, so it waits for the DNS tier (trap 4: no name before its server is up).
-    dns = DnsTier("dns", ctx)
-    for handle in ctx.guests.values():
+    dns = DnsTier("dns", ctx, DnsArgs(handles, tsig_key))
+    for handle in handles.values():
         if handle.guest.role != "dns":
             handle.ready = [*handle.ready, *dns.ready]
-    ctx.facts["dns_ready"] = dns.config
-    trust.deploy_ca(ctx)
-    mesh = MeshTier("mesh", ctx)
-    gateway = GatewayTier("gateway", ctx)
-    workloads = WorkloadsTier("workloads", ctx)
-    stacks = StacksTier("stacks", ctx)
-    FirewallTier("firewall", ctx)
+    issuer = trust.deploy_ca(ctx, CaArgs(handles, pki, pki.root_cert_pem, pki.root_fingerprint,
+                                         provisioner_password, dns.ready))
+    mesh = MeshTier("mesh", ctx, MeshArgs(handles, ca_ready=issuer.ca_ready, dns_ready=dns.ready,
+                                          gateway_client_ca_pem=pki.gateway_client_ca_pem))
+    client_certificate = gateway_client_certificate(ctx, pki, parent=trust)
+    gateway = GatewayTier("gateway", ctx, GatewayArgs(handles, client_certificate, tsig_key))
+    workloads = WorkloadsTier("workloads", ctx, WorkloadsArgs(handles, issuer, guests.driver_versions,
+                                                              admin_password, agent_secret))
+    stacks = StacksTier("stacks", ctx, StacksArgs(
+        handles, issuer, workloads.registrations,
+        {key: cfg.require_secret(key) for key in stack_secrets(lab)}))
+    FirewallTier("firewall", ctx, FirewallArgs(handles))
+    # HA, replication and the backup job name each guest by its resource: nothing here feeds a guest.
+    resilience = ResilienceTier("resilience", ctx, ResilienceArgs(handles))
 
     pulumi.export("guests", {g.name: {"id": g.id, "address": str(g.address), "node": g.node,
                                       "role": g.role, "fqdn": topo.guest_fqdn(g), "url": topo.guest_url(g)}
@@ -169,6 +155,16 @@ def main() -> None:
     pulumi.export("rootCaCertificate", pki.root_cert_pem)
     pulumi.export("caUrl", topo.ca_url)
     pulumi.export("deployPublicKey", guests.deploy_public_key)
-    for tier in (trust, dns, mesh, gateway, workloads, stacks):
+    for tier in (trust, dns, mesh, gateway, workloads, stacks, resilience):
         for key, value in getattr(tier, "exports", {}).items():
             pulumi.export(key, value)
+
+
+def main(project_dir: Optional[Path] = None) -> None:
+    """``pulumi up``: load the engine's config as a real deployment, then deploy it."""
+    cfg = pulumi.Config(NAMESPACE)
+    try:
+        loaded = load_engine_config(project_directory(project_dir), cfg)
+        deploy(loaded, cfg)
+    except ConfigError as err:
+        raise pulumi.RunError("invalid stack configuration:\n" + str(err)) from None

@@ -47,7 +47,8 @@ class Route:
 
 @dataclass(frozen=True)
 class Flow:
-    """One allowed flow: ``source`` is a guest name, ``any``, ``guests`` or ``management``;
+    """One allowed flow: ``source`` is a guest name, ``any``, ``guests``, ``management`` (the
+    declared management networks) or ``nodes`` (the Proxmox nodes, the deploy's SSH jump hosts);
     ``target`` is a guest name, or ``any`` for traffic leaving the lab (an outbound rule on
     each source guest, see ``phoenix.render.firewall``)."""
     source: str
@@ -63,6 +64,10 @@ class Record:
     type: str      # A, CNAME, TXT
     value: str
 
+
+#: Traefik's ping and Step-CA's health endpoint: what the deploy steps and `phoenix verify` ask.
+MESH_PING_PATH = "/ping"
+CA_HEALTH_PATH = "/health"
 
 #: where every guest keeps the Phoenix root and its own certificates (one convention for all tiers).
 ROOT_CA_TRUST_PATH = "/usr/local/share/ca-certificates/phoenix-root.crt"
@@ -101,34 +106,38 @@ class Topology:
     def guest_fqdn(self, guest: Guest) -> str:
         return self.fqdn(guest.name)
 
+    @cached_property
+    def _by_role(self) -> dict[str, list[Guest]]:
+        """Guests by role, in stack order: the tiers ask for the singletons thousands of times."""
+        out: dict[str, list[Guest]] = {}
+        for g in self.lab.guests:
+            out.setdefault(g.role, []).append(g)
+        return out
+
     @property
     def dns(self) -> Guest:
-        return self.lab.one("dns")
+        return self._by_role["dns"][0]
 
     @property
     def gateway(self) -> Guest:
-        return self.lab.one("gateway")
+        return self._by_role["gateway"][0]
 
     @property
     def mesh(self) -> Guest:
-        return self.lab.one("mesh")
+        return self._by_role["mesh"][0]
 
     @property
     def ca(self) -> Guest:
-        return self.lab.one("ca")
+        return self._by_role["ca"][0]
 
     @property
     def portainer(self) -> Optional[Guest]:
-        found = self.lab.role("portainer")
+        found = self._by_role.get("portainer")
         return found[0] if found else None
 
     @property
     def agents(self) -> list[Guest]:
-        return self.lab.role("agent")
-
-    @property
-    def gpu_guests(self) -> list[Guest]:
-        return self.lab.role("gpu")
+        return list(self._by_role.get("agent", []))
 
     # -- endpoints -------------------------------------------------------------------
     @cached_property
@@ -152,6 +161,10 @@ class Topology:
     def ca_url(self) -> str:
         """By address: CA bootstrap must not depend on DNS being up (trap 4)."""
         return f"https://{self.ca.address}:{self.lab.pki.ca_port}"
+
+    @property
+    def ca_health_url(self) -> str:
+        return f"{self.ca_url}{CA_HEALTH_PATH}"
 
     @property
     def acme_directory(self) -> str:
@@ -189,20 +202,25 @@ class Topology:
         return self._cache[key]
 
     def service_fqdn(self, service: Service) -> str:
+        """A service's internal name: it resolves to the mesh (service-to-service traffic goes
+        through it), never to a replica."""
         return self.fqdn(service.name)
 
-    def backend_tls_name(self, service: Service) -> str:
-        """The name the mesh verifies on a TLS backend's certificate: every replica's carries it."""
-        return self.service_fqdn(service)
+    def service_names(self, service: Service) -> list[str]:
+        """Every internal name of a service (its own, then its aliases): all resolve to the mesh,
+        which holds a Step-CA certificate for them and routes them to the replicas."""
+        return [self.service_fqdn(service)] + [self.fqdn(a) for a in service.aliases]
+
+    def internal_url(self, service: Service) -> str:
+        """What a guest dials to call a service through the mesh."""
+        port = self.entrypoints["internal"].port
+        return f"https://{self.service_fqdn(service)}{'' if port == 443 else f':{port}'}/"
 
     def replica_tls_name(self, service: Service, guest: str) -> str:
-        """The name the mesh verifies on one replica's certificate, a name that replica can prove
-        by ACME HTTP-01: the service's own name when it runs once; the guest's name when it is
-        replicated (the shared service name resolves to every replica, so HTTP-01 for it could
-        be answered by another one)."""
-        if len(service.guests) > 1:
-            return self.guest_fqdn(self.lab.guest(guest))
-        return self.backend_tls_name(service)
+        """The name the mesh verifies on one replica's certificate: its guest's name, the one
+        name that replica can prove by ACME HTTP-01 (it resolves to that guest alone; the
+        service's names resolve to the mesh)."""
+        return self.guest_fqdn(self.lab.guest(guest))
 
     @cached_property
     def routes(self) -> list[Route]:
@@ -252,23 +270,44 @@ class Topology:
             return f"https://{self.public_hosts[0]}/" if self.public_hosts else f"https://{guest.address}/"
         if guest.role == "mesh":
             return f"https://{self.mesh_name}:{self.entrypoints['internal'].port}/"
-        for r in self.routes:
-            if guest.name in {b.guest for b in r.backends} and r.public:
-                return f"https://{r.host}/"
-        for r in self.routes:
-            if guest.name in {b.guest for b in r.backends}:
-                return f"https://{r.host}:{r.entrypoint.port}/"
+        public, internal = self._first_routes.get(guest.name, (None, None))
+        if public:
+            return f"https://{public.host}/"
+        if internal:
+            return self.internal_url(self.service(internal.service))
         return f"ssh://root@{guest.address}"
+
+    @cached_property
+    def _first_routes(self) -> dict[str, tuple[Optional[Route], Optional[Route]]]:
+        """guest -> (its first public route, its first route), in route order."""
+        out: dict[str, tuple[Optional[Route], Optional[Route]]] = {}
+        for r in self.routes:
+            for b in r.backends:
+                public, first = out.get(b.guest, (None, None))
+                out[b.guest] = (public or (r if r.public else None), first or r)
+        return out
 
     # -- DNS records -----------------------------------------------------------------
     @cached_property
     def internal_records(self) -> list[Record]:
-        """The internal zone: every guest, every service (a record per replica), aliases."""
+        """The internal zone: every guest by its own address; every service's name at the mesh
+        (service-to-service traffic is load-balanced, health-checked, retried and circuit-broken
+        there), its aliases as CNAMEs of that name."""
         recs = [Record(self.guest_fqdn(g), "A", str(g.address)) for g in self.lab.guests]
+        mesh = str(self.mesh.address)
         for s in self.lab.services:
-            recs += [Record(self.service_fqdn(s), "A", b.address) for b in self.backends(s)]
+            recs.append(Record(self.service_fqdn(s), "A", mesh))
             recs += [Record(self.fqdn(a), "CNAME", self.service_fqdn(s)) for a in s.aliases]
         return recs
+
+    @cached_property
+    def internal_addresses(self) -> dict[str, frozenset[str]]:
+        """Name -> the addresses the internal zone's A records give it (asked per certificate)."""
+        out: dict[str, set[str]] = {}
+        for rec in self.internal_records:
+            if rec.type == "A":
+                out.setdefault(rec.name, set()).add(rec.value)
+        return {name: frozenset(values) for name, values in out.items()}
 
     @cached_property
     def public_records_internal_view(self) -> list[Record]:
@@ -288,10 +327,17 @@ class Topology:
         f += [Flow("any", gw, 80, "tcp", "http: ACME HTTP-01 and redirect"),
               Flow("any", gw, 443, "tcp", "https: public entry")]
         f.append(Flow(gw, mesh, self.entrypoints["gateway"].port, "tcp", "gateway to mesh (mTLS)"))
-        f.append(Flow("guests", mesh, self.entrypoints["internal"].port, "tcp", "service to service through the mesh"))
-        f.append(Flow("management", mesh, lab.mesh.dashboard_port, "tcp", "Traefik dashboard (basic auth)"))
-        f.append(Flow("management", mesh, lab.mesh.metrics_port, "tcp", "Traefik metrics and ping"))
+        f.append(Flow("guests", mesh, self.entrypoints["internal"].port, "tcp",
+                      "service to service: every service name resolves to the mesh"))
         f.append(Flow("guests", ca, lab.pki.ca_port, "tcp", "certificates from Step-CA"))
+        if lab.network.management:
+            # Operators, from the declared management networks only: the dashboard and metrics,
+            # and what `phoenix verify` asks (Step-CA's health, every service's through the mesh).
+            f.append(Flow("management", mesh, lab.mesh.dashboard_port, "tcp", "Traefik dashboard (basic auth)"))
+            f.append(Flow("management", mesh, lab.mesh.metrics_port, "tcp", "Traefik metrics and ping"))
+            f.append(Flow("management", mesh, self.entrypoints["internal"].port, "tcp",
+                          "phoenix verify: service health through the mesh"))
+            f.append(Flow("management", ca, lab.pki.ca_port, "tcp", "phoenix verify: Step-CA's health"))
         for proto in ("udp", "tcp"):
             f.append(Flow("any", dns, 53, proto, "DNS: internal and external views"))
         for s in lab.services:
@@ -305,7 +351,10 @@ class Topology:
             for a in self.agents:
                 f.append(Flow(self.portainer.name, a.name, lab.portainer.agent_port, "tcp", "Portainer to agent"))
         for g in lab.guests:
-            f.append(Flow("management", g.name, 22, "tcp", "SSH from the management network"))
+            if lab.network.management:
+                f.append(Flow("management", g.name, 22, "tcp", "SSH from the management network"))
+            if self.jump_hosts:
+                f.append(Flow("nodes", g.name, 22, "tcp", "SSH from the Proxmox node (the deploy's jump host)"))
         # Outbound (target "any": leaves the guest for anywhere): every guest resolves and keeps
         # time; the DNS guest recurses to the upstream resolvers (trap 7: never block these).
         f += [Flow("guests", "any", 53, "udp", "outbound DNS"), Flow("guests", "any", 53, "tcp", "outbound DNS"),
@@ -314,29 +363,53 @@ class Topology:
 
     @property
     def management_sources(self) -> list[str]:
-        """Where SSH and operator traffic come from: the management networks and, when guests
-        are reached through the node, each node's address (the deploy's jump host) and the
-        guest network's gateway (a node routing a private bridge speaks from that address)."""
+        """Where operators work from: the declared management networks, nothing else (not the
+        guest network's gateway: behind a router that masquerades, every client on the internet
+        would arrive from that address)."""
+        return [str(n) for n in self.lab.network.management]
+
+    @property
+    def jump_hosts(self) -> list[str]:
+        """With ``proxmox.sshViaNode``: each node's address (the deploy's SSH jump host) that no
+        management network holds, as a /32. A node that reaches the guests from an address on
+        their network (it routes their bridge) speaks from that address: list it in
+        ``network.management``."""
+        if not self.lab.proxmox.ssh_via_node:
+            return []
         nets = list(self.lab.network.management)
-        out = [str(n) for n in nets]
-        if self.lab.proxmox.ssh_via_node:
-            hosts = [n.address for n in self.lab.proxmox.nodes] + [self.lab.network.gateway]
-            for addr in dict.fromkeys(hosts):
-                if not any(addr in n for n in nets):
-                    out.append(f"{addr}/32")
-        return out
+        hosts = dict.fromkeys(n.address for n in self.lab.proxmox.nodes)
+        return [f"{a}/32" for a in hosts if not any(a in n for n in nets)]
 
     @property
     def acme_clients(self) -> list[Guest]:
-        """Guests that get a certificate from Step-CA by ACME."""
-        names = {self.mesh.name, self.gateway.name}
+        """Guests that get a certificate from Step-CA by ACME: the mesh (Traefik) and every
+        replica's guest (certbot). The gateway's one internal certificate, its client
+        certificate towards the mesh, is signed by the program (``step_ca_names``)."""
+        names = {self.mesh.name}
         names |= {g for s in self.lab.services for g in s.guests}
         if self.portainer:
             names.add(self.portainer.name)
         return [g for g in self.lab.guests if g.name in names]
 
+    @cached_property
+    def step_ca_names(self) -> dict[str, list[str]]:
+        """guest -> every name it asks Step-CA for (the CA's policy allows exactly these): the
+        mesh its own name and every service's names (they resolve to it), each other ACME client
+        its guest's name (the name the mesh verifies it by)."""
+        out = {g.name: [self.guest_fqdn(g)] for g in self.acme_clients}
+        for s in self.lab.services:
+            out[self.mesh.name] += self.service_names(s)
+        return {g: list(dict.fromkeys(names)) for g, names in out.items()}
+
     def flows_to(self, guest: str) -> list[Flow]:
-        return [f for f in self.flows if f.target == guest]
+        return list(self._flows_by_target.get(guest, ()))
+
+    @cached_property
+    def _flows_by_target(self) -> dict[str, list[Flow]]:
+        out: dict[str, list[Flow]] = {}
+        for f in self.flows:
+            out.setdefault(f.target, []).append(f)
+        return out
 
     def allows(self, source: Guest | str, target: str, port: int, proto: str = "tcp") -> bool:
         """Does the matrix let ``source`` (a guest, or 'any') reach ``target`` on ``port``?"""

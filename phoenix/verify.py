@@ -6,7 +6,8 @@ the model). ``run_checks`` then probes them concurrently (bounded pool, bounded 
 and the report has one line per check and a summary. The same command runs against a real
 deployment and against the lab in a network namespace, because nothing here is typed twice.
 
-Exit codes: 0 every check holds (skipped ones allowed), 1 a check failed, 2 bad input.
+Exit codes (``phoenix.exits``): 0 every check holds (skipped ones allowed), 1 a check failed,
+2 bad input.
 """
 
 from __future__ import annotations
@@ -23,163 +24,13 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from phoenix.errors import ConfigError, problem
+from phoenix.exits import Exit, run
+from phoenix.stackfile import add_stack_arguments, read_stack_file, stack_file, stack_name
 from phoenix.topology import Topology
-
-#: what a browser dials for ``https://name/`` and a stub resolver for DNS: protocol defaults, not lab facts.
-HTTPS_PORT = 443
-DNS_PORT = 53
-#: where Portainer lists its environments (agents), and Step-CA / Traefik report health.
-PORTAINER_ENDPOINTS = "/api/endpoints"
-CA_HEALTH = "/health"
-MESH_PING = "/ping"
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class Check:
-    """One probe: what it is about (``check``, ``target``), where it goes, what must come back."""
-    check: str                      # kind, e.g. dns/external, mesh/health
-    target: str                     # the name (or file, or address) the check is about
-    address: str = ""               # where the probe connects (DNS server, TLS peer)
-    port: int = 0
-    expect: tuple[str, ...] = ()    # DNS: the exact A set; HTTP: a body marker; portainer: agent URLs
-    source: Optional[str] = None    # DNS: source address, which picks the view (None: the OS picks)
-    server_name: Optional[str] = None   # TLS: SNI and the name the certificate must carry
-    host: Optional[str] = None      # HTTP Host
-    path: Optional[str] = None
-    trust: Optional[str] = None     # "public" (system store / --public-ca) or "phoenix" (--root-ca)
-    skip: Optional[str] = None      # why this check cannot run (counted as skipped)
-
-
-@dataclass(frozen=True)
-class VerifyOptions:
-    outside_source: Optional[str] = None
-    inside_source: Optional[str] = None
-    root_ca: Optional[str] = None
-    root_fingerprint: Optional[str] = None
-    public_ca: Optional[str] = None
-    client_cert: Optional[str] = None
-    client_key: Optional[str] = None
-    portainer_password_file: Optional[str] = None
-    portainer_api_key_file: Optional[str] = None
-    timeout: float = 5.0
-    workers: int = 16
-
-    @property
-    def portainer_credentials(self) -> bool:
-        return bool(self.portainer_password_file or self.portainer_api_key_file)
-
-
-# -- what to check (pure) -----------------------------------------------------------------
-def internal_names(topo: Topology) -> dict[str, tuple[str, ...]]:
-    """Every name of the internal zone and the addresses it must resolve to (CNAMEs followed)."""
-    by_name: dict[str, list] = {}
-    for rec in topo.internal_records:
-        by_name.setdefault(rec.name, []).append(rec)
-
-    def addresses(name: str, depth: int = 0) -> tuple[str, ...]:
-        out: list[str] = []
-        for rec in by_name.get(name, []):
-            if rec.type == "A":
-                out.append(rec.value)
-            elif rec.type == "CNAME" and depth < 8:
-                out += addresses(rec.value, depth + 1)
-        return tuple(sorted(set(out)))
-
-    return {name: addresses(name) for name in by_name}
-
-
-def mesh_pings(topo: Topology) -> list[tuple[int, bool, bool]]:
-    """Where Traefik serves its ping, as the mesh tier configures it: (port, tls, client_auth).
-
-    The static config names the ping's own entrypoint (plain HTTP); routers to ``ping@internal``
-    serve it on TLS entrypoints too (the gateway's health check, behind mTLS).
-    """
-    from phoenix.render import mesh
-    ports = mesh.entrypoint_ports(topo)
-    ping = mesh.static_config(topo).get("ping")
-    names = [] if ping is None else [ping.get("entryPoint", "traefik")]
-    for router in mesh.dynamic_config(topo)["http"]["routers"].values():
-        if router.get("service") == "ping@internal":
-            names += router["entryPoints"]
-    out = []
-    for name in dict.fromkeys(n for n in names if n in ports):
-        ep = topo.entrypoints.get(name)
-        out.append((ports[name], ep is not None, bool(ep and ep.client_auth)))
-    return out
-
-
-def portainer_route(topo: Topology):
-    """The catalog service that runs on the Portainer guest: its API is reached through the mesh."""
-    if topo.portainer is None:
-        return None
-    return next((s for s in topo.lab.services if topo.portainer.name in s.guests), None)
-
-
-def plan_checks(topo: Topology, options: VerifyOptions = VerifyOptions()) -> list[Check]:
-    lab = topo.lab
-    dns_at = str(topo.dns.address)
-    public_address = str(lab.network.public_address)
-    mesh_at, mesh_name = str(topo.mesh.address), topo.mesh_name
-    internal_port = topo.entrypoints["internal"].port
-    out: list[Check] = []
-
-    # The world's view: public names -> the gateway's public address, over HTTPS with a valid chain.
-    for route in topo.public_routes:
-        out.append(Check("dns/external", route.host, dns_at, DNS_PORT, (public_address,), options.outside_source))
-    for route in topo.public_routes:
-        out.append(Check("https/public", route.host, public_address, HTTPS_PORT, server_name=route.host,
-                         host=route.host, path=topo.service(route.service).health, trust="public"))
-    out.append(Check("tls/no-tls1.1", f"{public_address}:{HTTPS_PORT}", public_address, HTTPS_PORT,
-                     server_name=topo.public_hosts[0] if topo.public_hosts else None))
-
-    # The guests' view: every internal name, and the public names with the gateway's internal address.
-    names = internal_names(topo)
-    for name, addrs in names.items():
-        out.append(Check("dns/internal", name, dns_at, DNS_PORT, addrs, options.inside_source))
-    for rec in topo.public_records_internal_view:
-        out.append(Check("dns/internal", rec.name, dns_at, DNS_PORT, (rec.value,), options.inside_source))
-    # Nothing internal leaks to the world.
-    for name in names:
-        out.append(Check("dns/external-nxdomain", name, dns_at, DNS_PORT, (), options.outside_source))
-
-    # The CA by address (trap 4), verified against the Phoenix root with the name on its certificate.
-    out.append(Check("ca/health", topo.ca_name, str(topo.ca.address), lab.pki.ca_port, ('"ok"',),
-                     server_name=topo.ca_name, host=topo.ca_name, path=CA_HEALTH, trust="phoenix"))
-    if options.root_fingerprint and options.root_ca:
-        out.append(Check("pki/root-fingerprint", options.root_ca,
-                         expect=(normal_fingerprint(options.root_fingerprint),)))
-
-    # The mesh: its ping wherever it is served, then every service's health through it by Host.
-    for port, tls, client_auth in mesh_pings(topo):
-        skip = None
-        if client_auth and not options.client_cert:
-            skip = "not checked: this entrypoint wants a client certificate (give --client-cert/--client-key)"
-        out.append(Check("mesh/ping", f"{mesh_name}:{port}", mesh_at, port, ("OK",),
-                         server_name=mesh_name if tls else None, host=mesh_name, path=MESH_PING,
-                         trust="phoenix" if tls else None, skip=skip))
-    for s in lab.services:
-        out.append(Check("mesh/health", topo.service_fqdn(s), mesh_at, internal_port, server_name=mesh_name,
-                         host=topo.service_fqdn(s), path=s.health, trust="phoenix"))
-
-    # Portainer: every agent an environment that is up.
-    api = portainer_route(topo)
-    for agent in topo.agents:
-        urls = tuple(f"tcp://{h}:{lab.portainer.agent_port}" for h in (agent.address, topo.guest_fqdn(agent)))
-        skip = None
-        if api is None:
-            skip = "not checked: no catalog service runs on the Portainer guest, so its API has no route"
-        elif not options.portainer_credentials:
-            skip = "not checked: no credentials (give --portainer-password-file or --portainer-api-key-file)"
-        out.append(Check("portainer/agent", agent.name, mesh_at, internal_port, urls, server_name=mesh_name,
-                         host=topo.service_fqdn(api) if api else None, path=PORTAINER_ENDPOINTS,
-                         trust="phoenix", skip=skip))
-    return out
-
-
-def normal_fingerprint(value: str) -> str:
-    return value.replace(":", "").strip().lower()
-
+from phoenix.verify_expiry import KINDS as CERTIFICATE_KINDS, certificate_checks, is_certificate_check
+from phoenix.verify_ha import ha_checks
+from phoenix.verify_checks import (DNS_PORT, HTTPS_PORT, PORTAINER_ENDPOINTS, Check, VerifyOptions,  # noqa: F401
+                                   internal_names, mesh_pings, normal_fingerprint, plan_checks, portainer_route)
 
 # -- running them -------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -188,6 +39,8 @@ class Result:
     target: str
     ok: Optional[bool]      # None: skipped
     detail: str
+    #: ``cert/*`` checks: days the certificate has left (None: not read)
+    days: Optional[float] = None
 
     @property
     def line(self) -> str:
@@ -201,6 +54,8 @@ _PROBE = {
     "https/public": "https_health", "ca/health": "https_health", "mesh/ping": "https_health",
     "mesh/health": "https_health", "tls/no-tls1.1": "tls_refuses_old",
     "portainer/agent": "portainer_agent", "pki/root-fingerprint": "root_fingerprint",
+    "service/internal": "https_health", "pki/gateway-client-cert": "gateway_client_cert",
+    **{kind: "certificate_expiry" for kind in CERTIFICATE_KINDS}, "ha/quorum": "ha_status", "ha/guest": "ha_status",
 }
 
 
@@ -208,19 +63,34 @@ def run_check(check: Check, probes) -> Result:
     from phoenix.verify_probes import reason
     if check.skip:
         return Result(check.check, check.target, None, check.skip)
+    days = None
     try:
-        ok, detail = getattr(probes, _PROBE[check.check])(check)
+        ok, detail, *more = getattr(probes, _PROBE[check.check])(check)
+        days = more[0] if more else None     # a certificate's days left
     except Exception as err:   # noqa: BLE001 - every failure is a FAIL line, never a traceback
         ok, detail = False, reason(err) + (f" ({check.address}:{check.port})" if check.address else "")
         if isinstance(err, ssl.SSLCertVerificationError) and check.trust == "phoenix" and not probes.root_given:
             detail += "; verified against the system store: give --root-ca"
-    return Result(check.check, check.target, ok, detail)
+    return Result(check.check, check.target, ok, detail, days)
 
 
 def run_checks(checks: list[Check], probes, workers: int = 16) -> Iterator[Result]:
     """Probe concurrently (at most ``workers`` at once); results come back in plan order."""
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(checks) or 1))) as pool:
         yield from pool.map(lambda c: run_check(c, probes), checks)
+
+
+def all_checks(topo: Topology, options: VerifyOptions, artifacts=None) -> list[Check]:
+    """Everything ``phoenix verify`` checks: the probes of ``plan_checks``, then every certificate."""
+    return plan_checks(topo, options, artifacts) + ha_checks(topo, options) + certificate_checks(topo, options)
+
+
+def as_json(result: Result) -> dict:
+    """A result for ``--format json``: days only where a certificate was the subject."""
+    out = asdict(result)
+    if not is_certificate_check(result.check):
+        del out["days"]
+    return out
 
 
 def summary(results: list[Result]) -> str:
@@ -275,7 +145,9 @@ def check_options(options: VerifyOptions, topo: Topology) -> list[str]:
     _check_source(options.outside_source, "--outside-source", topo, False, problems)
     _check_source(options.inside_source, "--inside-source", topo, True, problems)
     for flag, path in (("--root-ca", options.root_ca), ("--public-ca", options.public_ca),
-                       ("--client-cert", options.client_cert), ("--client-key", options.client_key)):
+                       ("--client-cert", options.client_cert), ("--client-key", options.client_key),
+                       ("--gateway-client-cert", options.gateway_client_cert),
+                       ("--proxmox-token-file", options.proxmox_token_file)):
         if path and not Path(path).is_file():
             problems.append(problem(flag, f"no such file {path}"))
     if options.client_key and not options.client_cert:
@@ -314,37 +186,46 @@ def make_probes(topo: Topology, options: VerifyOptions):
     if problems:
         raise ConfigError(problems)
     return Probes(options.timeout, topo.internal_networks, contexts["public"], contexts["phoenix"],
-                  bool(options.root_ca), topo.lab.portainer.admin_user, password, api_key)
+                  bool(options.root_ca), topo.lab.portainer.admin_user, password, api_key, root_ca=options.root_ca,
+                  proxmox_token_file=options.proxmox_token_file)
 
 
-def load_topology(args) -> Topology:
-    from phoenix.cli import _stack_file, _stack_name
-    from phoenix.model import parse_lab
-    from phoenix.stackfile import expand_catalog, read_stack_file
-    from phoenix.topology import build
-    stack = read_stack_file(_stack_file(args), _stack_name(args))
-    return build(parse_lab(expand_catalog(stack.phoenix(), stack.root)))
+def load_stack_of(args):
+    """The stack ``--stack``/``--config-file`` names, through the one loader."""
+    from phoenix.loader import load_stack
+    return load_stack(read_stack_file(stack_file(args.stack, args.config_file),
+                                      stack_name(args.stack, args.config_file)))
 
 
 def options_from_args(args) -> VerifyOptions:
     return VerifyOptions(outside_source=args.outside_source, inside_source=args.inside_source,
                          root_ca=args.root_ca, root_fingerprint=args.root_fingerprint, public_ca=args.public_ca,
                          client_cert=args.client_cert, client_key=args.client_key,
+                         gateway_client_cert=args.gateway_client_cert,
                          portainer_password_file=args.portainer_password_file,
                          portainer_api_key_file=args.portainer_api_key_file,
+                         proxmox_token_file=args.proxmox_token_file,
                          timeout=args.timeout, workers=args.workers)
 
 
 # -- the command ----------------------------------------------------------------------------
+DESCRIPTION = "Probe a deployment the way a user would; every address, name and port comes from the stack model."
+
+
 def add_verify_parser(subparsers) -> argparse.ArgumentParser:
     sp = subparsers.add_parser("verify", help="probe a deployment the way a user would (DNS, TLS, health)",
-                               description="Probe a deployment the way a user would; every address, "
-                                           "name and port comes from the stack model.")
-    g = sp.add_mutually_exclusive_group(required=True)
-    g.add_argument("--stack", "-s", help="stack name (reads Pulumi.<stack>.yaml)")
-    g.add_argument("--config-file", help="path of any stack file")
-    sp.add_argument("--json", action="store_true",
-                    help="print a JSON list of {check, target, ok, detail} (ok is null when skipped)")
+                               description=DESCRIPTION)
+    add_arguments(sp)
+    return sp
+
+
+def add_arguments(sp: argparse.ArgumentParser) -> None:
+    add_stack_arguments(sp)
+    sp.add_argument("--format", choices=("plain", "json"), default="plain",
+                    help="plain: a line per check, the certificates last by days left, then a summary; json: a "
+                         "list of {check, target, ok, detail} (ok is null when skipped; cert/* entries also have "
+                         "days, the days the certificate has left), for monitoring systems")
+    sp.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
     sp.add_argument("--timeout", type=float, default=5.0, help="seconds per network operation (default 5)")
     sp.add_argument("--workers", type=int, default=16, help="probes at once (default 16)")
     sp.add_argument("--outside-source", metavar="ADDR",
@@ -356,33 +237,46 @@ def add_verify_parser(subparsers) -> argparse.ArgumentParser:
                     help="trust this root for the public names instead of the system store (e.g. Pebble's)")
     sp.add_argument("--client-cert", metavar="FILE", help="client certificate for the mesh")
     sp.add_argument("--client-key", metavar="FILE", help="its key")
+    sp.add_argument("--gateway-client-cert", metavar="FILE",
+                    help="the gateway's client certificate chain (stack output gatewayClientCertificate.chainPem): "
+                         "its expiry is checked")
     sp.add_argument("--portainer-password-file", metavar="FILE", help="Portainer admin password, to list agents")
     sp.add_argument("--portainer-api-key-file", metavar="FILE", help="or a Portainer API key")
+    sp.add_argument("--proxmox-token-file", metavar="FILE",
+                    help="a Proxmox API token (USER@REALM!ID=SECRET, role PVEAuditor): report the cluster's quorum "
+                         "and where HA runs each highly available guest")
     sp.set_defaults(func=cmd_verify)
-    return sp
 
 
 def cmd_verify(args) -> int:
-    topo = load_topology(args)
+    loaded = load_stack_of(args)
+    topo = loaded.topo
     options = options_from_args(args)
     probes = make_probes(topo, options)
-    checks = plan_checks(topo, options)
-    results = []
+    checks = all_checks(topo, options, loaded.artifacts)
+    results, certificates = [], []
     for result in run_checks(checks, probes, options.workers):
-        results.append(result)
-        if not args.json:
+        # Certificates are reported last, soonest to expire first; the rest as they come.
+        (certificates if is_certificate_check(result.check) else results).append(result)
+        if args.format == "plain" and not is_certificate_check(result.check):
             print(result.line, flush=True)
-    if args.json:
-        print(json.dumps([asdict(r) for r in results], indent=2))
+    certificates.sort(key=lambda r: (r.days is None, r.days if r.days is not None else 0, r.check, r.target))
+    results += certificates
+    if args.format == "json":
+        print(json.dumps([as_json(r) for r in results], indent=2))
     else:
+        for result in certificates:
+            print(result.line)
         print(summary(results))
-    return EXIT_FAILED if any(r.ok is False for r in results) else EXIT_OK
+    return Exit.FAILED if any(r.ok is False for r in results) else Exit.OK
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m phoenix.verify`` (the same command as ``phoenix verify``)."""
-    from phoenix.cli import main as cli_main
-    return cli_main(["verify", *(sys.argv[1:] if argv is None else argv)])
+    p = argparse.ArgumentParser(prog="phoenix verify", description=DESCRIPTION)
+    add_arguments(p)
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    return run(lambda: args.func(args))
 
 
 if __name__ == "__main__":

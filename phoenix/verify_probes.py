@@ -43,6 +43,8 @@ class Probes:
     portainer_user: str = "admin"
     portainer_password: Optional[str] = None
     portainer_api_key: Optional[str] = None
+    root_ca: Optional[str] = None   # the Phoenix root's file (--root-ca), for chains read from files
+    proxmox_token_file: Optional[str] = None   # --proxmox-token-file (phoenix.verify_ha)
     _memo: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -175,6 +177,55 @@ class Probes:
         if got != want:
             return False, f"the root's SHA-256 fingerprint is {got}, expected {want}"
         return True, f"-> sha256 {got}"
+
+
+    def gateway_client_cert(self, check) -> Outcome:
+        """The gateway's client certificate chain (leaf, then the gateway client CA): for the
+        gateway's name, for client authentication, under the Phoenix root, and how long it has.
+        Due (inside its early-renewal window) or expired is a failure: ``pulumi up`` re-issues it."""
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+        from phoenix.render.trust import GATEWAY_CLIENT_RENEW_HOURS
+        with open(check.target, "rb") as f:
+            chain = x509.load_pem_x509_certificates(f.read())
+        leaf, issuers = chain[0], chain[1:]
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName)
+        if names != list(check.expect):
+            return False, f"it is for {', '.join(names) or 'no name'}, not the gateway ({check.expect[0]})"
+        if ExtendedKeyUsageOID.CLIENT_AUTH not in leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value:
+            return False, "it is not a client certificate (no clientAuth key usage)"
+        if not issuers:
+            return False, "the file holds the leaf alone; give the chain (leaf, then the gateway client CA)"
+        leaf.verify_directly_issued_by(issuers[0])
+        if self.root_ca:
+            with open(self.root_ca, "rb") as f:
+                issuers[0].verify_directly_issued_by(x509.load_pem_x509_certificate(f.read()))
+        cn = issuers[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ca = cn[0].value if cn else "?"
+        now = dt.datetime.now(dt.timezone.utc)
+        end, due = leaf.not_valid_after_utc, leaf.not_valid_after_utc - dt.timedelta(hours=GATEWAY_CLIENT_RENEW_HOURS)
+        when = f"expires {end:%Y-%m-%d %H:%M} UTC"
+        if now >= end:
+            return False, f"{when}: expired; the mesh refuses the gateway (run pulumi up: it re-issues it)"
+        if now >= due:
+            return False, (f"{when}, in {(end - now).days} days: due for renewal since {due:%Y-%m-%d} "
+                           "(run pulumi up: it re-issues it and pushes it to the gateway)")
+        return True, f"-> {names[0]}, signed by {ca}; {when}, in {(end - now).days} days (renewal due {due:%Y-%m-%d})"
+
+
+    def ha_status(self, check):
+        """Where Proxmox HA runs a guest, and whether the cluster is quorate (``phoenix.verify_ha``)."""
+        from phoenix.verify_ha import ha_status
+        return ha_status(self, check)
+
+    def certificate_expiry(self, check):
+        """A certificate's days left against the model's threshold (``phoenix.verify_expiry``)."""
+        from phoenix.verify_expiry import certificate_expiry
+        return certificate_expiry(self, check)
 
 
 class ProbeError(Exception):

@@ -1,10 +1,13 @@
 #!/bin/bash
 # Debian packages the tests run for real: nginx, BIND, Pebble, certbot, shellcheck, cloud-init,
-# a load generator, and Go with smallstep's sources to build a real step-ca (tests/tools.py). Installed only when run as root; services are not started by the
-# packages (the tests start what they need inside an isolated network namespace).
+# a load generator, Go with smallstep's sources to build a real step-ca (tests/tools.py), nftables
+# (the end-to-end lab's NAT of the public address), and what the plan's install steps ask of a
+# guest (dnsutils, kmod, xz-utils: the lab's guests see this machine's packages). Installed only
+# when run as root; services are not started by the packages (the tests start what they need
+# inside an isolated network namespace).
 set -euo pipefail
 packages=(nginx libnginx-mod-stream bind9 bind9-utils bind9-dnsutils pebble certbot python3-certbot-dns-rfc2136 shellcheck cloud-init wrk nghttp2-client
-          openssl curl iproute2 util-linux jq docker-compose graphviz
+          openssl curl iproute2 nftables util-linux jq docker-compose graphviz dnsutils kmod xz-utils
           golang-go golang-github-smallstep-certificates-dev)
 missing=()
 for p in "${packages[@]}"; do

@@ -1,468 +1,316 @@
-"""Harness for the end-to-end lab: the dev stack's hops brought up from its plan, for ``phoenix verify``.
+"""Harness for the end-to-end lab: every guest of the dev stack in namespaces of its own, brought
+up by the plan's own remote steps replayed as ``pulumi up`` runs them, then ``phoenix verify``.
 
-Runs only inside the isolated namespace (``scripts/in-netns.sh``). One machine plays every
-guest: ``GatewayLab`` (tests/gateway_harness.py) lays copy-on-write copies over /etc, /var,
-/run and /usr/local, installs phoenix-apply and the Phoenix root as the bootstrap and the
-trust tier do, and runs the gateway's recorded steps on real nginx. On the same trees:
+Runs only inside the isolated namespace (scripts/in-netns.sh), which plays the site's router.
 
-* DNS: real named, started with Debian's configuration, then the plan's ``dns-bind-config``
-  step (its exact command and bundle) through phoenix-apply;
-* the public certificate: Pebble (asking that named, whose internal view maps the public
-  names to the gateway) and the plan's certbot step, its ``server =`` line pointed at Pebble;
-* the mesh: ``TraefikStandIn`` serves what the real Traefik configuration says (entrypoints,
-  TLS options, routers, ping, servers transports), read from ``phoenix.render.mesh``;
-* the backends and Step-CA's /health: TLS servers whose certificates come from the plan's
-  intermediate, for the names the plan's certificate steps (and ca.json) request.
+* Guests (tests/guestns.py, through ``stepca_harness.PlanLab``): each guest of the plan in a
+  network and mount namespace of its own, on one bridge holding the network's gateway address,
+  configured from the plan's container or VM resource (address, gateway, DNS server, search
+  domain), over copy-on-write overlays of /etc, /var, /run, /usr and /root. The Proxmox node the
+  GPU probe runs on is a namespace too (loopback only). The world beyond (tests/netlab.py): a
+  WAN with Pebble on it, the public address NATed to the gateway (80, 443) and the DNS guest
+  (53), and the operator's machine on both networks.
+* Replay (``PlanLab.replay``): every ``command:remote:Command`` of the plan, in dependency order
+  (``Recorded.dependencies``; a wave of independent steps runs in parallel, as ``pulumi up``
+  runs them), each its exact ``create`` with its exact bundle on stdin, in its guest, with the
+  environment of a root SSH login. The plan is made with the node's driver version as its
+  driver-version fact (what ``pulumi up`` takes from the GPU probe's output for the driver
+  step), and the replayed probe, on the node, must answer exactly that.
+* Real servers: named (Debian's unit, the plan's DNS steps), step-ca (0.19.0, the plan's CA
+  steps: its .deb from the lab's mirror, see tests/mirror.py), certbot against step-ca (every
+  guest's certificate steps), Traefik (the plan's mesh steps; its certificate from step-ca by
+  ACME), nginx (the plan's gateway steps) and Pebble with certbot for the public certificate
+  (the stack's ACME server is Pebble's directory). systemd is tests/units.py on every guest.
+* Stand-ins for what does not exist here (tests/guest_tools.py, tests/standins/): apt-get,
+  curl for release downloads, cloud-init, Docker (Portainer and its agent: tests/portainer_standin),
+  the NVIDIA driver and tools, vLLM.
+
+Not played: the Proxmox firewall (the plan's rules are not enforced between the namespaces),
+the guests' own boot (cloud-init's user-data), and Proxmox itself (guests exist before the replay).
+The guests share the lab's PID namespace: units.py records each service's main pid and the lab
+ends exactly those (tests/guestns.py, which also reaps the daemons that exit on their own).
 """
 
 from __future__ import annotations
 
-import http.client
-import ipaddress
+import hashlib
 import json
-import re
-import shlex
-import shutil
+import os
 import socket
 import ssl
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Union
-from urllib.parse import urlsplit
+from typing import Optional
 
-from components.gateway import STEP_NGINX, STEP_PUBLIC_CERT
 from conftest import ROOT
-from gateway_harness import PEBBLE, GatewayLab, run_step, start_pebble, wait_until, with_file
-from lab import Processes, add_loopback_addresses, require_isolated
+from guestns import BRIDGE, Guest
+from lab import Processes, require_tools, wait_port
+from mirror import ReleaseMirror
+from netlab import (PEBBLE_ADDRESS, WAN_NETWORK, NodeLink, World, assert_sealed, free_addresses,
+                    machine_links)
 from phoenix.bundle import pack, unpack
+from phoenix.plan import make_plan
 from phoenix.plan.writer import pushed_files
 from phoenix.render import dns as dns_render
-from phoenix.render import gateway as gw
-from phoenix.render import mesh as mesh_render
-from phoenix.topology import Topology
-from test_dns_lab import CONFIG_STEP as DNS_CONFIG_STEP, _wait_rndc
-from test_verify import INSIDE, OUTSIDE, Handler, StandIn
-from testpki import TestCA
+from stepca_harness import PlanLab, plan_ca
+from test_verify import INSIDE, OUTSIDE
+from tools import step_ca, step_ca_sources_version
+import guest_tools
+import units
 
 #: what an operator runs (the venv's entry point), or the module when it is not installed.
 PHOENIX = [str(ROOT / ".venv/bin/phoenix")] if (ROOT / ".venv/bin/phoenix").exists() else \
     [sys.executable, "-m", "phoenix.cli"]
-CA_JSON = "/etc/step-ca/config/ca.json"
+#: the NVIDIA driver the lab's Proxmox node runs: its probe reports it, the plan installs it.
+NODE_DRIVER = "535.216.01"
+PEBBLE_DIRECTORY = f"https://{PEBBLE_ADDRESS}:14000/dir"
 PORTAINER_PASSWORD_FILE = "/etc/phoenix/portainer/admin-password"
-HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
-              "content-length"}
+GPU_FACT = "gpu-driver-version"
 
 
-# ---- a small HTTP(S) server whose answers may stream -----------------------------------------
 @dataclass
-class Reply:
-    status: int
-    body: Union[bytes, Iterable[bytes]] = b""
-    headers: dict = field(default_factory=dict)
-
-
-class _Handler(Handler):
-    protocol_version = "HTTP/1.1"
-    timeout = 10
-
-    def _serve(self):
-        length = int(self.headers.get("Content-Length") or 0)
-        self.body = self.rfile.read(length) if length else b""
-        self.host = (self.headers.get("Host") or "").rsplit(":", 1)[0].lower()
-        self.client = self.client_address[0]
-        reply = self.server.answer(self)
-        self.close_connection = True   # one request per connection: nothing idles when a server stops
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Connection", "close")
-        if isinstance(reply.body, bytes):
-            self.send_header("Content-Length", str(len(reply.body)))
-            self.end_headers()
-            self.wfile.write(reply.body)
-            return
-        chunked = self.request_version == "HTTP/1.1"   # HTTP/1.0: the close ends the body
-        if chunked:
-            self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        for chunk in reply.body:
-            if chunk:
-                self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
-                self.wfile.flush()
-        if chunked:
-            self.wfile.write(b"0\r\n\r\n")
-
-    do_GET = do_POST = _serve
-
-
-class Server(StandIn):
-    """An HTTP server in a thread, TLS when ``tls()`` gives a context (asked per connection,
-    so a test can swap a certificate without a restart); its answers may stream."""
-    handler = _Handler
-
-
-def server_tls(tmp: Path, stem: str, chain_pem: str, key_pem: str, client_cas: tuple[str, ...] = ()) -> ssl.SSLContext:
-    crt, key = tmp / f"{stem}.crt", tmp / f"{stem}.key"
-    crt.write_text(chain_pem)
-    key.write_text(key_pem)
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(crt, key)
-    if client_cas:
-        ctx.verify_mode = ssl.CERT_REQUIRED
-        for ca in client_cas:
-            ctx.load_verify_locations(cafile=ca)
-    return ctx
-
-
-# ---- the mesh: what the real Traefik configuration says --------------------------------------
-_MATCHER = re.compile(r"\s*(Host|Path|PathPrefix|ClientIP)\(`([^`]*)`\)\s*")
-
-
-def parse_rule(rule: str) -> list[list[tuple[str, str]]]:
-    """A router rule as alternatives of conjunctions; anything else is refused, so a change of
-    the real configuration that this stand-in cannot play fails loudly."""
-    out = []
-    for alternative in rule.split("||"):
-        terms = []
-        for term in alternative.split("&&"):
-            m = _MATCHER.fullmatch(term)
-            if m is None:
-                raise ValueError(f"the Traefik stand-in cannot play the rule {rule!r}")
-            terms.append(m.groups())
-        out.append(terms)
-    return out
-
-
-def _holds(kind: str, arg: str, req: _Handler) -> bool:
-    path = req.path.split("?", 1)[0]
-    if kind == "Host":
-        return req.host == arg.lower()
-    if kind == "Path":
-        return path == arg
-    if kind == "PathPrefix":
-        return path.startswith(arg)
-    return ipaddress.ip_address(req.client) in ipaddress.ip_network(arg)
-
-
-@dataclass(frozen=True)
-class Router:
-    name: str
-    rule: str
-    service: str
-    tls: Optional[dict]
-
-    def matches(self, req: _Handler) -> bool:
-        return any(all(_holds(k, a, req) for k, a in alt) for alt in parse_rule(self.rule))
-
-
-class TraefikStandIn:
-    """Traefik as ``mesh.static_config``/``dynamic_config`` configure it, on the mesh's address.
-
-    Entrypoints: those whose routers lead to a catalog service or to the ping, and the static
-    ping entrypoint (Traefik's own ``/ping`` there). TLS where the routers say so, with a
-    certificate for ``tls.domains`` from the plan's intermediate; a client certificate verified
-    against the option's ``caFiles`` where a router's TLS option asks for one (Traefik picks
-    options by SNI; every router of an entrypoint here has the same). Routers by Traefik's
-    default priority (the longer rule first). A service's first server, over TLS verified against
-    its transport's ``rootCAs`` for its ``serverName``, streaming the answer back; a backend
-    that cannot be reached or verified is a 502 and its reason lands in ``errors``.
-    """
-
-    def __init__(self, topo: Topology, pki, tmp: Path):
-        static, dynamic = mesh_render.static_config(topo), mesh_render.dynamic_config(topo)
-        self.http, options = dynamic["http"], dynamic["tls"]["options"]
-        self.errors: list[str] = []
-        ports = {name: int(ep["address"].rsplit(":", 1)[1]) for name, ep in static["entryPoints"].items()}
-        by_entrypoint: dict[str, list[Router]] = {}
-        for name, r in self.http["routers"].items():
-            parse_rule(r["rule"])
-            for ep in r["entryPoints"]:
-                by_entrypoint.setdefault(ep, []).append(Router(name, r["rule"], r["service"], r.get("tls")))
-        ping = static.get("ping", {}).get("entryPoint")
-        if ping:
-            by_entrypoint.setdefault(ping, []).append(Router("ping@internal", "PathPrefix(`/ping`)",
-                                                             "ping@internal", None))
-        self.routers = {ep: sorted(rs, key=lambda r: (r.name != "ping@internal", -len(r.rule)))
-                        for ep, rs in by_entrypoint.items()
-                        if any(r.service == "ping@internal" or r.service in self.http["services"] for r in rs)}
-        self.servers = []
-        for ep, routers in self.routers.items():
-            tls = [r.tls for r in routers if r.tls]
-            ctx = None
-            if tls:
-                names = [d["main"] for d in tls[0]["domains"]]
-                client_cas: tuple[str, ...] = ()
-                for t in tls:
-                    auth = options.get(t.get("options", "default"), {}).get("clientAuth")
-                    if auth and auth["clientAuthType"] == "RequireAndVerifyClientCert":
-                        client_cas = tuple(auth["caFiles"])
-                ctx = server_tls(tmp, f"mesh-{ep}", *pki.ca.issue(names), client_cas=client_cas)
-            self.servers.append(Server(str(topo.mesh.address), ports[ep], lambda ctx=ctx: ctx,
-                                       lambda req, ep=ep: self.answer(ep, req)))
-
-    def answer(self, entrypoint: str, req: _Handler) -> Reply:
-        router = next((r for r in self.routers[entrypoint] if r.matches(req)), None)
-        if router is None:
-            return Reply(404, b"404 page not found\n")
-        if router.service == "ping@internal":
-            return Reply(200, b"OK", {"Content-Type": "text/plain; charset=utf-8"})
-        if router.service not in self.http["services"]:
-            return Reply(404, b"404 page not found\n")   # Traefik's own API: not played here
-        return self.proxy(router.service, req)
-
-    def proxy(self, name: str, req: _Handler) -> Reply:
-        service = self.http["services"][name]
-        while "weighted" in service:
-            service = self.http["services"][service["weighted"]["services"][0]["name"]]
-        lb = service["loadBalancer"]
-        url = urlsplit(lb["servers"][0]["url"])
-        transport = self.http.get("serversTransports", {}).get(lb.get("serversTransport"), {})
-        headers = {k: v for k, v in req.headers.items() if k.lower() not in HOP_BY_HOP}
-        headers["X-Forwarded-For"] = req.client
-        try:
-            sock = socket.create_connection((url.hostname, url.port), timeout=5)
-            if url.scheme == "https":
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                for ca in transport.get("rootCAs", []):
-                    ctx.load_verify_locations(cafile=ca)
-                if not transport.get("rootCAs"):
-                    ctx.load_default_certs()
-                sock = ctx.wrap_socket(sock, server_hostname=transport.get("serverName") or url.hostname)
-            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
-            conn.sock = sock
-            conn.request(req.command, req.path, body=req.body or None, headers=headers)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as err:
-            self.errors.append(f"{name} ({url.geturl()}): {err}")
-            return Reply(502, b"Bad Gateway")
-
-        def stream():
-            try:
-                while chunk := resp.read1(65536):
-                    yield chunk
-            finally:
-                conn.close()
-        kept = {k: v for k, v in resp.getheaders() if k.lower() not in HOP_BY_HOP}
-        return Reply(resp.status, stream(), kept)
-
-    def stop(self) -> None:
-        for s in self.servers:
-            s.stop()
-
-
-# ---- the DNS tier ----------------------------------------------------------------------------
-@dataclass
-class WithoutRecord(Topology):
-    """The topology with one internal record fewer: what a DNS push that lost it would serve."""
-    missing: str = ""
+class Replay:
+    """One replay of the plan: each step's result, and when it ran (start, end; monotonic)."""
+    results: dict[str, subprocess.CompletedProcess]
+    ran: dict[str, tuple[float, float]]
 
     @property
-    def internal_records(self):
-        return [r for r in Topology.internal_records.func(self) if r.name != self.missing]
+    def seconds(self) -> float:
+        return max(end for _, end in self.ran.values()) - min(start for start, _ in self.ran.values())
+
+    def slowest(self, n: int = 5) -> list[tuple[str, float]]:
+        return sorted(((k, round(e - s, 1)) for k, (s, e) in self.ran.items()), key=lambda kv: -kv[1])[:n]
 
 
-def certificate_requests(plan, guest: str) -> dict[str, list[str]]:
-    """The certificates the plan's steps on ``guest`` request: cert name -> the names (``-d``)."""
-    out = {}
-    for _path, (f, step) in pushed_files(plan.run, plan.topo)[guest].items():
-        if not step.startswith(f"{guest}-cert-"):
-            continue
-        for line in f.content.splitlines():
-            argv = shlex.split(line) if "certbot certonly" in line else []
-            if argv:
-                out[argv[argv.index("--cert-name") + 1]] = [argv[i + 1] for i, a in enumerate(argv) if a == "-d"]
-    return out
+class EndToEndLab(PlanLab):
+    """The dev stack's guests and world, brought up by the plan's steps (module docstring)."""
 
+    @classmethod
+    def make(cls, tmp: Path) -> "EndToEndLab":
+        """The stack planned against the lab's mirror and Pebble, with the node's driver as its fact."""
+        from conftest import stack_config
+        gateway = str(stack_config("dev").phoenix()["network"]["gateway"])
+        release = ReleaseMirror(tmp, gateway, step_ca(), step_ca_sources_version(), NODE_DRIVER)
+        plan = make_plan(release.stack("dev", PEBBLE_DIRECTORY), facts={GPU_FACT: NODE_DRIVER})
+        return cls(plan, tmp, release)
 
-# ---- the lab -----------------------------------------------------------------------------------
-class EndToEndLab:
-    """Every hop of the dev stack on this machine (see the module docstring)."""
-
-    def __init__(self, plan, tmp: Path, procs: Processes):
-        self.plan, self.topo, self.tmp, self.procs = plan, plan.topo, tmp, procs
-        (tmp / "gateway").mkdir()
-        self.glab = GatewayLab(plan, tmp / "gateway", procs)
-        self.pki = self.glab.pki
-        self.files = pushed_files(plan.run, plan.topo)
-        self.outputs = plan.run.outputs   # the stack outputs an operator reads
-        self.dns_step = plan.run.named(DNS_CONFIG_STEP)
-        self.mesh: Optional[TraefikStandIn] = None
-        self.servers: list[Server] = []
-        # (service, guest) -> what that backend serves, and the names its certificate step requests
-        self.backend_tls: dict[tuple[str, str], ssl.SSLContext] = {}
-        self.backend_names: dict[tuple[str, str], list[str]] = {}
+    def __init__(self, plan, tmp: Path, release: ReleaseMirror):
+        super().__init__(plan, tmp, [g.name for g in plan.topo.lab.guests])
+        self.release, self.procs = release, Processes()
+        self.world: Optional[World] = None
+        self.files = pushed_files(plan.run, self.topo)
+        self.outputs = plan.run.outputs
+        self.replays: list[Replay] = []
+        self.timings: dict[str, float] = {}
+        self.ran: dict[str, tuple[float, float]] = {}
+        nodes = {str(n.address): n.name for n in self.topo.lab.proxmox.nodes}
+        self.node_of = {name: nodes[str(r.value("connection")["host"])] for name, r in self.commands.items()
+                        if self.guest_of[name] is None}
 
     # -- bring-up --------------------------------------------------------------------------
-    def up(self) -> None:
-        require_isolated()
-        topo = self.topo
-        add_loopback_addresses(*(str(g.address) for g in topo.lab.guests), str(topo.lab.network.public_address),
-                               OUTSIDE, INSIDE)
-        self.glab.up(mesh=False)     # overlays, phoenix-apply, the root, nginx and the gateway's steps
-        self.start_named()
-        self.apply_dns(self.dns_step.value("stdin"))
-        self.mesh = TraefikStandIn(topo, self.pki, self.tmp)
-        self.start_backends()
-        self.obtain_public_certificate()
+    def up(self) -> "EndToEndLab":
+        started = time.monotonic()
+        require_tools("named", "nginx", "certbot", "pebble", "nft", "dpkg-deb", "setpriv", "nsenter", "unshare",
+                      "openssl", "jq", "curl", "systemd-sysusers", "systemd-analyze", "mknod")
+        assert_sealed()
+        lab = self.topo.lab
+        left = free_addresses([str(lab.network.cidr), *map(str, lab.network.management), WAN_NETWORK,
+                               f"{lab.network.public_address}/32"])
+        if left:
+            print(f"end-to-end lab: took {left} off loopback (left there by earlier labs of this run)")
+        machine = machine_links()
+        super().up()                     # the bridge and the guests
+        for node in set(self.node_of.values()):
+            guest = Guest(node, "", self.tmp / "nodes" / node).up(NodeLink(), self.topo.lab.domains.internal, [])
+            guest_tools.proxmox_node(guest, NODE_DRIVER)
+            self.guests[f"node:{node}"] = guest
+        for step, node in self.node_of.items():
+            self.guest_of[step] = f"node:{node}"
+        self.world = World(BRIDGE, lab.network.cidr.prefixlen, str(lab.network.public_address),
+                           str(self.topo.gateway.address), str(self.topo.dns.address)).up()
+        assert machine_links() == machine, "the lab added an interface to the machine's own namespace"
+        self.install_standins()
+        self.serve_mirror(self.release.debs)
+        self.mirror.files.update(self.release.files())
+        self.start_pebble()
+        self.timings["namespaces, mirror, pebble"] = time.monotonic() - started
+        self.replay_all()
+        self.timings["first replay"] = time.monotonic() - started - self.timings["namespaces, mirror, pebble"]
+        assert self.replays[0].results[next(iter(self.node_of))].stdout.strip() == NODE_DRIVER, \
+            "the node's probe does not report the driver the plan was made with"
         self.write_operator_inputs()
+        return self
 
-    def start_named(self) -> None:
-        """named as Debian's package leaves it (its own config, an rndc key made on the host)."""
-        run = Path("/run/named")
-        run.mkdir(exist_ok=True)
-        shutil.chown(run, "root", "bind")
-        run.chmod(0o775)
-        subprocess.run(["rndc-confgen", "-a", "-c", "/etc/bind/rndc.key"], check=True, capture_output=True)
-        shutil.chown("/etc/bind/rndc.key", "bind", "bind")
-        log = self.tmp / "named.log"
-        with open(log, "w") as out:
-            self.named = self.procs.start(["named", "-g", "-u", "bind"], stdout=out, stderr=subprocess.STDOUT)
-        _wait_rndc(log, self.named)
+    def install_standins(self) -> None:
+        for name in self.names:
+            guest, kind = self.guests[name], self.topo.lab.guest(name).kind
+            guest_tools.common(guest, self.release.url)
+            if kind == "vm":
+                guest_tools.vm(guest)
+            passthroughs = self.resource(name).value("devicePassthroughs") or []
+            if passthroughs:
+                guest_tools.gpu_container(guest, passthroughs, NODE_DRIVER)
 
-    def apply_dns(self, bundle: str) -> subprocess.CompletedProcess:
-        """The plan's DNS config step (its exact command) with ``bundle`` on stdin."""
-        result = run_step(self.dns_step, self.glab.env, bundle)
-        assert result.returncode == 0, f"dns config step failed:\n{result.stdout}\n{result.stderr}"
-        return result
+    def resource(self, guest: str):
+        return next(r for r in self.plan.run.resources if r.name == guest and r.type.startswith("proxmoxve:"))
 
-    def dns_bundle_without(self, name: str) -> str:
-        """The DNS step's bundle rendered by the DNS tier for a topology lacking ``name``'s record."""
-        secret = self.plan.run.named("tsig-key").outputs["base64"]
-        planned = {f.path: f.content for f in unpack(self.dns_step.value("stdin"))}
-        assert planned == {f.path: f.content for f in dns_render.config_files(self.topo, secret)}, \
-            "the DNS step's bundle is not what the DNS tier renders"
-        return pack(dns_render.config_files(WithoutRecord(self.topo.lab, missing=name), secret))
+    def start_pebble(self) -> None:
+        """Let's Encrypt on the internet: Pebble, asking the public address's DNS (the NAT leads
+        to the DNS guest's external view) and validating HTTP-01 at the public address. Its API's
+        TLS certificate is under the Phoenix root, which the gateway's trust store holds."""
+        tmp = self.tmp / "pebble"
+        tmp.mkdir()
+        chain, key = plan_ca(self.plan).issue([PEBBLE_ADDRESS])
+        (tmp / "cert.pem").write_text(chain)
+        (tmp / "key.pem").write_text(key)
+        (tmp / "pebble.json").write_text(json.dumps({"pebble": {
+            "listenAddress": f"{PEBBLE_ADDRESS}:14000", "managementListenAddress": f"{PEBBLE_ADDRESS}:15000",
+            "certificate": str(tmp / "cert.pem"), "privateKey": str(tmp / "key.pem"), "httpPort": 80,
+            "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
+        public = str(self.topo.lab.network.public_address)
+        with open(tmp / "pebble.log", "wb") as log:
+            self.procs.start(self.world.internet.command(["pebble", "-config", str(tmp / "pebble.json"),
+                                                          "-dnsserver", f"{public}:53"]),
+                             env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
+                             stdout=log)
+        wait_port(PEBBLE_ADDRESS, 14000)
+        wait_port(PEBBLE_ADDRESS, 15000)
 
-    def start_backends(self) -> None:
-        """Step-CA's /health, and every catalog backend with the certificate its step requests."""
-        topo, tmp = self.topo, self.tmp
-        ca_json = json.loads(self.files[topo.ca.name][CA_JSON][0].content)
-        ca_tls = server_tls(tmp, "step-ca", *self.pki.ca.issue(ca_json["dnsNames"]))
-        ca_port = int(ca_json["address"].rsplit(":", 1)[1])
-        self.servers.append(Server(str(topo.ca.address), ca_port, lambda: ca_tls,
-                                   lambda req: Reply(200, b'{"status":"ok"}', {"Content-Type": "application/json"})
-                                   if req.path == "/health" else Reply(404, b"404 page not found\n")))
-        mesh_http = mesh_render.dynamic_config(topo)["http"]
-        transport_of = {srv["url"]: mesh_http["serversTransports"][svc["loadBalancer"]["serversTransport"]]
-                        for svc in mesh_http["services"].values() if "loadBalancer" in svc
-                        for srv in svc["loadBalancer"]["servers"]}
-        for s in topo.lab.services:
-            for b in topo.backends(s):
-                if b.scheme == "https":   # the name the mesh verifies there, per its config
-                    verified = transport_of[b.url]["serverName"]
-                    requested = [names for names in certificate_requests(self.plan, b.guest).values()
-                                 if verified in names]
-                    assert len(requested) == 1, f"{s.name} on {b.guest}: no certificate step requests {verified}"
-                    self.backend_names[s.name, b.guest] = requested[0]
-                    self.backend_tls[s.name, b.guest] = server_tls(tmp, f"backend-{s.name}-{b.guest}",
-                                                                   *self.pki.ca.issue(requested[0]))
-                self.servers.append(Server(b.address, b.port, lambda key=(s.name, b.guest): self.backend_tls.get(key),
-                                           self._backend_answer(s)))
+    def replay_all(self) -> "Replay":
+        """Every remote step of the plan, as ``pulumi up`` runs them: their results and times."""
+        self.results, self.ran = {}, {}
+        try:
+            self.replay(self.commands)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{self.service_logs()}") from None
+        self.replays.append(Replay(dict(self.results), dict(self.ran)))
+        return self.replays[-1]
 
-    def _backend_answer(self, service) -> Callable[[_Handler], Reply]:
-        topo = self.topo
-        if topo.portainer is not None and topo.portainer.name in service.guests:
-            return self._portainer(service)
-
-        def answer(req):
-            if req.path != service.health:
-                return Reply(404, b"not found")
-            if service.streaming:   # an inference server's health, as a short event stream
-                def events():
-                    yield b'event: health\ndata: {"status": "starting"}\n\n'
-                    time.sleep(0.02)
-                    yield b'event: health\ndata: {"status": "ok"}\n\n'
-                return Reply(200, events(), {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-            return Reply(200, b"ok")
-        return answer
-
-    def _portainer(self, service) -> Callable[[_Handler], Reply]:
-        """Portainer's API as far as verify reads it: its status, a login with the plan's admin
-        password, and the environments the plan registers (stack output portainerEnvironments)."""
-        lab, token = self.topo.lab, "jwt-of-the-e2e-lab"
-        password = self.files[self.topo.portainer.name][PORTAINER_PASSWORD_FILE][0].content.strip()
-        environments = [{"Id": i + 1, "Name": name, "Type": 2, "URL": url, "Status": 1}
-                        for i, (name, url) in enumerate(self.outputs["portainerEnvironments"].items())]
-
-        def answer(req):
-            if req.path == service.health:
-                return Reply(200, json.dumps({"Version": lab.portainer.version}).encode())
-            if req.path == "/api/auth" and req.command == "POST":
-                sent = json.loads(req.body or b"{}")
-                if (sent.get("username"), sent.get("password")) != (lab.portainer.admin_user, password):
-                    return Reply(422, b'{"message": "Invalid credentials"}')
-                return Reply(200, json.dumps({"jwt": token}).encode())
-            if req.path == "/api/endpoints":
-                if req.headers.get("Authorization") != f"Bearer {token}":
-                    return Reply(401, b'{"message": "Unauthorized"}')
-                return Reply(200, json.dumps(environments).encode())
-            return Reply(404, b"")
-        return answer
-
-    def obtain_public_certificate(self) -> None:
-        """The plan's certbot step against Pebble; Pebble resolves the public names through the
-        lab's named (127.0.0.1 gets the internal view: the gateway's address), HTTP-01 through nginx."""
-        g = self.glab
-        pebble_ca = start_pebble(self.procs, g.tmp)
-        g.acme_env = {**g.env, "REQUESTS_CA_BUNDLE": pebble_ca}
-        line = f"server = {self.topo.public_acme_directory}"
-        assert line in g.files[gw.CERTBOT_INI].content
-        step = g.steps[STEP_PUBLIC_CERT]
-        g.apply(STEP_PUBLIC_CERT, with_file(step.value("stdin"), gw.CERTBOT_INI,
-                                            lambda text: text.replace(line, f"server = {PEBBLE}")), g.acme_env)
-        self.public_ca = self.tmp / "pebble-root.pem"
-        with urllib.request.urlopen("https://127.0.0.1:15000/roots/0", timeout=5,
-                                    context=ssl.create_default_context(cafile=pebble_ca)) as resp:
-            self.public_ca.write_bytes(resp.read())
+    def step(self, name: str, bundle: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+        """One plan step in its guest (``PlanLab.step``), its start and end times kept in ``ran``."""
+        started = time.monotonic()
+        try:
+            return super().step(name, bundle, check)
+        finally:
+            self.ran[name] = (started, time.monotonic())
 
     def write_operator_inputs(self) -> None:
-        """What an operator passes verify: the stack's root output, the admin password."""
-        self.root_ca = self.tmp / "root-ca.pem"
+        """What an operator passes verify: the stack's root output, Pebble's root (the public CA
+        here), the gateway's client certificate (the one the mesh's gateway entrypoint accepts, as
+        the plan's step put it on the gateway) and its chain as the stack outputs it, the Portainer
+        password."""
+        tmp = self.tmp / "operator"
+        tmp.mkdir()
+        self.root_ca = tmp / "root-ca.pem"
         self.root_ca.write_text(self.outputs["rootCaCertificate"])
-        self.password_file = self.tmp / "portainer-password"
+        self.public_ca = tmp / "pebble-root.pem"
+        ctx = ssl.create_default_context(cafile=str(self.root_ca))
+        with urllib.request.urlopen(f"https://{PEBBLE_ADDRESS}:15000/roots/0", timeout=5, context=ctx) as resp:
+            self.public_ca.write_bytes(resp.read())
+        gateway = self.guests[self.topo.gateway.name]
+        self.client_cert, self.client_key = tmp / "gateway-client.crt", tmp / "gateway-client.key"
+        self.client_cert.write_text(gateway.read("/etc/phoenix/tls/gateway-client.crt"))
+        self.client_key.write_text(gateway.read("/etc/phoenix/tls/gateway-client.key"))
+        self.gateway_client_chain = tmp / "gateway-client-chain.pem"
+        self.gateway_client_chain.write_text(self.outputs["gatewayClientCertificate"]["chainPem"])
+        self.password_file = tmp / "portainer-password"
         self.password_file.write_text(self.files[self.topo.portainer.name][PORTAINER_PASSWORD_FILE][0].content)
+        for f in tmp.iterdir():
+            f.chmod(0o600)
 
     # -- using it ---------------------------------------------------------------------------
     def verify(self, *extra: str) -> subprocess.CompletedProcess:
-        """``phoenix verify --stack dev`` with every option an operator has here. The client
-        certificate is the one the gateway holds (installed by the trust tier's deploy hook)."""
+        """``phoenix verify --stack dev`` on the operator's machine, with every option it has here."""
         argv = [*PHOENIX, "verify", "--stack", self.plan.run.stack,
                 "--outside-source", OUTSIDE, "--inside-source", INSIDE,
                 "--root-ca", str(self.root_ca), "--root-fingerprint", self.outputs["rootCaFingerprint"],
                 "--public-ca", str(self.public_ca),
-                "--client-cert", gw.CLIENT_TLS.cert, "--client-key", gw.CLIENT_TLS.key,
+                "--client-cert", str(self.client_cert), "--client-key", str(self.client_key),
+                "--gateway-client-cert", str(self.gateway_client_chain),
                 "--portainer-password-file", str(self.password_file), "--timeout", "3", *extra]
-        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        return subprocess.run(self.world.operator.command(argv), capture_output=True, text=True, cwd=ROOT,
+                              timeout=120)
 
-    def results(self) -> dict[tuple[str, str], dict]:
+    def results_now(self) -> dict[tuple[str, str], dict]:
         done = self.verify("--json")
         assert done.returncode in (0, 1), done.stdout + done.stderr
         return {(r["check"], r["target"]): r for r in json.loads(done.stdout)}
 
     def failing(self) -> dict[tuple[str, str], str]:
-        return {k: r["detail"] for k, r in self.results().items() if r["ok"] is False}
+        return {k: r["detail"] for k, r in self.results_now().items() if r["ok"] is False}
 
-    def push_gateway(self, bundle: Optional[str] = None) -> None:
-        """The gateway's nginx step (the plan's bundle, or ``bundle``), done when nginx's
-        workers are all new ones (a reload is asynchronous)."""
-        old = self.glab.workers()
-        self.glab.apply(STEP_NGINX, bundle)
-        wait_until(lambda: (now := self.glab.workers()) and not now & old, 10, "nginx to reload")
+    def wait_for(self, want, timeout: float, what: str) -> dict[tuple[str, str], str]:
+        """Verify again (every 2 s) until ``want(failing)`` holds: the mesh's health checks and
+        circuit breaker take a hop out and put it back on their own clocks (seconds)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            failing = self.failing()
+            if want(failing) or time.monotonic() > deadline:
+                assert want(failing), f"{what}: after {timeout:.0f}s verify still reports {failing}"
+                return failing
+            time.sleep(2)
 
-    def other_ca_context(self, backend: tuple[str, str]) -> ssl.SSLContext:
-        """A certificate for the same names as ``backend``'s, from a CA that is not Phoenix's."""
-        other = TestCA("Some Other CA")
-        chain, key = other.issue(self.backend_names[backend])
-        return server_tls(self.tmp, "elsewhere-" + "-".join(backend), chain + other.cert_pem, key)
+    def services(self) -> dict[tuple[str, str], int]:
+        """(guest, unit) -> main pid, of every service running on every guest (units.py's record)."""
+        out = {}
+        for name, guest in self.guests.items():
+            state = guest.path(units.STATE)
+            for record in sorted(state.glob("*.json")) if state.is_dir() else ():
+                pid = json.loads(record.read_text()).get("pid")
+                if pid and units.alive(pid):
+                    out[name, record.name.removesuffix(".json")] = pid
+        return out
+
+    def tree_digest(self, guest: str, tree: str = "etc") -> dict[str, str]:
+        """path -> sha256 of every file the guest's steps wrote under ``/<tree>`` (its overlay)."""
+        upper = self.guests[guest].tmp / "upper" / tree
+        out = {}
+        for path in sorted(upper.rglob("*")):
+            if path.is_file() and not path.is_symlink():
+                out[str(path.relative_to(upper))] = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif path.is_symlink():
+                out[str(path.relative_to(upper))] = "-> " + os.readlink(path)
+        return out
+
+    def served_leaf(self, guest: str, port: int, server_name: Optional[str] = None) -> bytes:
+        """The certificate ``guest`` serves on ``port`` (for ``server_name``, by default the mesh's
+        name), verified against the Phoenix root, in DER."""
+        ctx = ssl.create_default_context(cafile=str(self.root_ca))
+        address = str(self.topo.lab.guest(guest).address)
+        with socket.create_connection((address, port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname=server_name or self.topo.mesh_name) as tls:
+            return tls.getpeercert(binary_form=True)
+
+    def dns_bundle_without(self, name: str) -> str:
+        """The DNS config step's bundle as the DNS tier renders it for a zone that lost ``name``."""
+        step = self.commands[f"{self.topo.dns.name}-bind-config"]
+        secret = self.plan.run.named("tsig-key").outputs["base64"]
+        planned = {f.path: f.content for f in unpack(step.value("stdin"))}
+        assert planned == {f.path: f.content for f in dns_render.config_files(self.topo, secret)}, \
+            "the DNS step's bundle is not what the DNS tier renders"
+        internal = self.topo.lab.domains.internal
+        zones = [replace(z, records=tuple(r for r in z.records if r.name != name))
+                 if (z.name, z.view) == (internal, "internal") else z for z in dns_render.zones(self.topo)]
+        return pack(dns_render.config_files(self.topo, secret, zones))
+
+    def service_log(self, guest: str, unit: str) -> str:
+        path = self.guests[guest].path(f"{units.STATE}/{units.unit_name(unit)}.log")
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def service_logs(self, tail: int = 1500) -> str:
+        out = []
+        for name, guest in self.guests.items():
+            state = guest.path(units.STATE)
+            for log in sorted(state.glob("*.log")) if state.is_dir() else ():
+                out.append(f"--- {name} {log.name} (end):\n{log.read_text(errors='replace')[-tail:]}")
+        return "\n".join(out)
 
     def down(self) -> None:
-        for s in self.servers:
-            s.stop()
-        if self.mesh:
-            self.mesh.stop()
-        self.glab.down()   # every process started (nginx, named, pebble), then the overlays
+        self.procs.stop_all()
+        if self.world:
+            self.world.down()
+        super().down()

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from components.base import APPLY
+from phoenix.render import NGINX_RELOAD_HELPER
 from components.gateway import STEP_INSTALL, STEP_NGINX, STEP_PLACEHOLDER, STEP_PUBLIC_CERT
 from conftest import ROOT
 from lab import Processes, add_loopback_addresses, require_isolated, wait_port
@@ -90,10 +91,17 @@ class GuestRoot:
 
 
 SYSTEMCTL = """#!/bin/bash
-# Test stand-in for systemd (absent here): what Debian's units run for these verbs.
+# Test stand-in for systemd (absent here): what Debian's units run for these verbs. While the
+# file $LAB_FAILING_RELOAD names exists, a reload fails as systemd's does when nginx's reload
+# job fails (the labs' "reload fails" cases).
 case "$1 $2" in
-  "reload nginx"|"reload-or-restart nginx") exec nginx -s reload ;;
-  "enable --now") exit 0 ;;
+  "reload nginx"|"reload-or-restart nginx")
+    if [ -n "${LAB_FAILING_RELOAD:-}" ] && [ -e "$LAB_FAILING_RELOAD" ]; then
+      echo "Job for nginx.service failed because the control process exited with error code." >&2
+      exit 1
+    fi
+    exec nginx -s reload ;;
+  "enable --now"|"daemon-reload ") exit 0 ;;
   *) echo "systemctl stand-in: unsupported: $*" >&2; exit 1 ;;
 esac
 """
@@ -361,6 +369,7 @@ class GatewayLab:
                         f"{up.upstream_address} {up.ssl_name}\n")
         # What the bootstrap and the trust tier put on every guest before these steps.
         self.root.write(APPLY, (ROOT / "configs/common/phoenix-apply.sh").read_text(), 0o755)
+        self.root.write(NGINX_RELOAD_HELPER, (ROOT / "configs/common/phoenix-nginx-reload.sh").read_text(), 0o755)
         root_file = self.files.get(ROOT_CA_TRUST_PATH)
         self.root.write(ROOT_CA_TRUST_PATH, root_file.content if root_file else self.pki.root_pem)
         if mesh:

@@ -48,6 +48,12 @@ def require_tools(*names: str) -> None:
         pytest.skip(f"missing tools {missing}: run `make deps` as root to install them")
 
 
+#: addresses ``add_loopback_addresses`` gave ``lo``; taken back when the test module ends
+#: (``loopback_addresses_released`` below), so a later lab that puts guests in namespaces of
+#: their own on a bridge does not find their addresses still local to this namespace.
+_ADDED_TO_LOOPBACK: list[str] = []
+
+
 def add_loopback_addresses(*addresses: str) -> None:
     """Give ``lo`` the guest addresses a test plays (only inside the namespace)."""
     require_isolated()
@@ -55,6 +61,16 @@ def add_loopback_addresses(*addresses: str) -> None:
     for a in addresses:
         if f" {a}/" not in have:
             subprocess.run(["ip", "addr", "add", f"{a}/32", "dev", "lo"], check=True)
+            _ADDED_TO_LOOPBACK.append(a)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loopback_addresses_released():
+    """Every address a module's labs put on ``lo`` is removed when the module is done (after
+    its lab fixtures, which this autouse fixture outlives, have stopped their servers)."""
+    yield
+    while _ADDED_TO_LOOPBACK:
+        subprocess.run(["ip", "addr", "del", f"{_ADDED_TO_LOOPBACK.pop()}/32", "dev", "lo"], capture_output=True)
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -5,25 +5,32 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 
 import pytest
 
 from conftest import SHIPPED_STACKS, edited, stack_config, shipped_plan
 from phoenix import cli
-from phoenix.audit import audit, collect_artifacts, route_audit
+from phoenix.artifacts import render_all
+from phoenix.audit import audit
 from phoenix.errors import ConfigError
 from phoenix.plan import make_plan
-from phoenix.render import firewall, gateway
+from phoenix.render import gateway
+from phoenix.render import mesh as mesh_render
 from phoenix.render.mesh import MTLS_OPTION
 
 HOST = "chat.lab.example.com"          # the dev stack's public route to the llm service
 ROUTER = "llm-gateway"
 
 
+def route_audit(topo):
+    return audit(topo, render_all(topo))
+
+
 @pytest.fixture(scope="module")
 def dev():
     topo = shipped_plan("dev").topo
-    return topo, collect_artifacts(topo)
+    return topo, render_all(topo)
 
 
 def broken(dev, edit) -> list[str]:
@@ -43,17 +50,23 @@ def test_shipped_stacks_pass_and_the_summary_walks_every_hop_of_every_route(stac
     for route in topo.routes:
         s = topo.service(route.service)
         head = (f"  https://{route.host}/ -> service {s.name}" if route.public
-                else f"  https://{route.host}:{route.entrypoint.port}/ -> service {s.name} (internal)")
+                else f"  https://{route.host}/ -> service {s.name} (internal: service to service)")
         i = lines.index(head)
-        hops = 2 if route.public else 1          # client -> gateway -> mesh, or client -> mesh
+        hops = 2 if route.public else 1          # client -> gateway -> mesh, or guest -> mesh
         block = lines[i + 1:i + 1 + hops + len(route.backends)]
         if route.public:
             assert block[0].startswith(f"    client -> gateway {topo.gateway.address}:443: https, Let's Encrypt")
             assert block[1] == (f"    gateway -> mesh: https://{topo.mesh.address}:{route.entrypoint.port} (entrypoint "
-                                f"gateway): verify {topo.mesh_name} against the Phoenix root, client certificate")
+                                f"gateway): verify {topo.mesh_name} against the Phoenix root, the gateway's client "
+                                "certificate")
         else:
-            assert block[0] == (f"    client -> mesh: https://{topo.mesh.address}:{route.entrypoint.port} (entrypoint "
-                                f"internal): Step-CA certificate for {topo.mesh_name}")
+            # a guest dials the service's names on 443: they resolve to the mesh, which holds a
+            # Step-CA certificate for them and breaks the circuit before it retries
+            names = topo.service_names(s)
+            assert block[0] == (f"    guest -> mesh: {', '.join(names)} -> {topo.mesh.address} (internal view); "
+                                f"https://{topo.mesh.address}:443 (entrypoint internal) from the guests "
+                                f"({topo.lab.network.cidr}): Step-CA certificate for {', '.join(sorted(names))}; "
+                                "circuit-breaker -> retry")
         for b, line in zip(route.backends, block[-len(route.backends):]):
             assert line.startswith("    mesh -> backend: router ") and f"-> {b.url}: " in line
             if b.scheme == "https":
@@ -63,12 +76,28 @@ def test_shipped_stacks_pass_and_the_summary_walks_every_hop_of_every_route(stac
                 assert line.endswith(": plain HTTP, not encrypted (protocol: http in the catalog)")
 
 
-def test_artifacts_are_the_tiers_own_outputs(dev):
-    topo, art = dev
-    assert all(isinstance(b, gateway.GatewayServer) for b in art.gateway)
-    assert art.gateway == gateway.server_blocks(topo)
-    assert art.firewall == firewall.guest_rules(topo)
-    assert set(art.dns) == {"internal", "external"}
+def test_what_the_audit_reads_is_what_the_tiers_push():
+    """Change the artifacts and both the audit's verdict and the pushed files change with them:
+    the files are made from the very values the audit walked, never rendered again."""
+    topo = shipped_plan("dev").topo
+    art = render_all(topo)
+    art.gateway = [dataclasses.replace(b, upstream_port=8444) if b.host == HOST else b for b in art.gateway]
+    art.mesh_dynamic["http"]["services"]["llm"]["loadBalancer"]["servers"] = [{"url": "https://10.20.0.20:8001"}]
+    zone = next(z for z in art.dns_zones if z.view == "internal" and z.name == topo.lab.domains.internal)
+    moved = tuple(dataclasses.replace(r, value="10.20.0.99") if r.name == "gpu-llm.lab.internal" else r
+                  for r in zone.records)
+    art.dns_zones = [dataclasses.replace(z, records=moved) if z is zone else z for z in art.dns_zones]
+
+    problems = audit(topo, art).problems
+    assert f"route {HOST}: gateway upstream port 8444 is not a mesh entrypoint (gateway=8443)" in problems
+    assert any("https://10.20.0.20:8001 (no service listens on gpu-llm:8001)" in p for p in problems)
+    sites = {f.path: f.content for f in art.gateway_files}[gateway.SITES_CONF]
+    assert "10.20.0.12:8444" in sites and "10.20.0.12:8443" not in sites
+    pushed = {f.path: f.content for f in art.mesh_dynamic_files}
+    assert "https://10.20.0.20:8001" in pushed[mesh_render.DYNAMIC_PATH]
+    assert "https://10.20.0.20:8001\n" in pushed[mesh_render.EXPECTED_PATH]
+    zone_file = {f.path: f.content for f in art.dns_files("c2VjcmV0")}[zone.file]
+    assert re.search(r"^gpu-llm\.lab\.internal\.\s+IN\s+A\s+10\.20\.0\.99$", zone_file, re.M), zone_file
 
 
 # -- one hop at a time ------------------------------------------------------------------------
@@ -116,9 +145,11 @@ def test_firewall_rule_missing_for_the_mesh(dev):
 
 def test_misspelt_middleware(dev):
     def edit(art, topo):
-        art.mesh_dynamic["http"]["routers"][ROUTER]["middlewares"] = ["retry", "circuit-breakr"]
+        art.mesh_dynamic["http"]["routers"][ROUTER]["middlewares"] = [mesh_render.RETRY, "circuit-breakr"]
+    defined = ", ".join(sorted(dev[1].mesh_dynamic["http"]["middlewares"]))
+    assert mesh_render.CIRCUIT_BREAKER in defined
     assert broken(dev, edit) == [f"mesh router {ROUTER}: middleware 'circuit-breakr' is not defined "
-                                 "(defined: circuit-breaker, dashboard-auth, internal-networks-only, retry)"]
+                                 f"(defined: {defined})"]
 
 
 def test_misspelt_tls_option(dev):
@@ -171,7 +202,8 @@ def test_gateway_routers_without_client_certificates(dev):
     topo, _art = dev
     problems = broken(dev, edit)
     assert problems == [f"route {r.host}: mesh router {r.service}-gateway on entrypoint gateway does not require a "
-                        f"client certificate from the Phoenix root (TLS option {MTLS_OPTION})"
+                        f"client certificate from the gateway client CA alone (TLS option {MTLS_OPTION} trusts "
+                        "none): another guest's certificate could open it"
                         for r in topo.public_routes]
 
 
@@ -202,7 +234,7 @@ def test_gateway_not_verifying_the_mesh(dev):
     art = copy.deepcopy(art)
     edit(art, topo)
     assert "    gateway -> mesh: https://10.20.0.12:8443 (entrypoint gateway): NOT verified (proxy_ssl_verify off), " \
-           "client certificate" in audit(topo, art).lines
+           "the gateway's client certificate" in audit(topo, art).lines
 
 
 def test_gateway_speaking_plain_http_to_the_mesh(dev):
@@ -250,13 +282,25 @@ def test_backend_verified_by_a_name_its_certificate_does_not_carry(dev):
         art.mesh_dynamic["http"]["serversTransports"]["llm-backend"]["serverName"] = "gpu-other.lab.internal"
     assert broken(dev, edit) == ["mesh service llm -> https://10.20.0.20:8000: servers transport llm-backend verifies "
                                  "gpu-other.lab.internal, which the certificate llm on gpu-llm does not carry "
-                                 "(llm.lab.internal, chat.lab.internal, gpu-llm.lab.internal)"]
+                                 "(gpu-llm.lab.internal)"]
+
+
+def test_backend_verified_by_the_services_name_which_resolves_to_the_mesh(dev):
+    """The old single-replica design: the mesh verified llm.lab.internal. Even were the backend's
+    certificate to carry it, the name resolves to the mesh: the backend could not prove it."""
+    def edit(art, topo):
+        art.mesh_dynamic["http"]["serversTransports"]["llm-backend"]["serverName"] = "llm.lab.internal"
+        art.backend_certificates[("gpu-llm", 8000)] = dataclasses.replace(
+            art.backend_certificates[("gpu-llm", 8000)], sans=("llm.lab.internal", "gpu-llm.lab.internal"))
+    assert broken(dev, edit) == ["mesh service llm -> https://10.20.0.20:8000: verifies llm.lab.internal, which the "
+                                 "internal view resolves to 10.20.0.12, not to the backend (10.20.0.20): the backend "
+                                 "could not prove it to Step-CA by HTTP-01"]
 
 
 @pytest.fixture(scope="module")
 def cluster():
     topo = shipped_plan("cluster").topo
-    return topo, collect_artifacts(topo)
+    return topo, render_all(topo)
 
 
 def test_replicated_service_verifying_the_shared_name_is_named_per_replica(cluster):
@@ -312,8 +356,8 @@ def test_plain_http_backend_where_the_catalog_says_https(dev):
 def test_internal_router_without_tls(dev):
     def edit(art, topo):
         del art.mesh_dynamic["http"]["routers"]["llm-internal"]["tls"]
-    assert broken(dev, edit) == ["route llm.lab.internal: client -> mesh: router llm-internal on entrypoint internal "
-                                 "has no TLS section, so clients' TLS requests never reach it (404)"]
+    assert broken(dev, edit) == ["internal route llm.lab.internal: guest -> mesh: router llm-internal on entrypoint "
+                                 "internal has no TLS section, so the guests' TLS requests never reach it (404)"]
 
 
 def test_resolver_not_pointing_at_step_ca(dev):
@@ -365,7 +409,7 @@ def test_a_broken_route_stops_the_plan_before_any_resource(monkeypatch):
 def test_validate_prints_the_audit_and_exits_2_on_a_broken_hop(monkeypatch, capsys):
     assert cli.main(["validate", "--stack", "dev"]) == 0
     assert "    gateway -> mesh: https://10.20.0.12:8443 (entrypoint gateway): verify mesh.lab.internal against " \
-           "the Phoenix root, client certificate" in capsys.readouterr().out
+           "the Phoenix root, the gateway's client certificate" in capsys.readouterr().out
     real = gateway.server_blocks
     monkeypatch.setattr(gateway, "server_blocks", lambda topo: [b for b in real(topo) if b.host != HOST])
     assert cli.main(["validate", "--stack", "dev"]) == 2

@@ -23,6 +23,7 @@ from pulumi import automation as auto
 
 from phoenix import automation
 from phoenix.automation import PhoenixStack, PulumiMissing
+from phoenix.exits import Exit
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOENIX = [sys.executable, "-m", "phoenix.cli"]
@@ -48,7 +49,8 @@ import os
 import sys
 import time
 
-SCENARIO = {"changes": {"same": 1}, "steps": [], "outputs": {}, "secretOutputs": [], "version": "3.200.0"}
+SCENARIO = {"changes": {"same": 1}, "steps": [], "outputs": {}, "secretOutputs": [], "version": "3.200.0",
+            "stacks": ["dev", "cluster"]}
 NOW = "2026-01-01T00:00:00.000Z"
 
 
@@ -64,6 +66,13 @@ def scenario() -> dict:
 def log(entry: dict) -> None:
     with open(os.environ["FAKE_PULUMI_LOG"], "a") as f:
         f.write(json.dumps(entry) + "\n")
+
+
+def known_stacks(sc: dict) -> list[str]:
+    """The backend's stacks: the scenario's, and those `stack init` made."""
+    made = os.environ["FAKE_PULUMI_LOG"] + ".stacks"
+    return [*sc.get("stacks", ["dev", "cluster"]),
+            *(open(made).read().split() if os.path.exists(made) else [])]
 
 
 def flag(args: list[str], name: str) -> str | None:
@@ -101,14 +110,27 @@ def main(argv: list[str]) -> int:
     if args == ["version"]:
         print("v" + sc["version"])
         return 0
-    if args[:2] in (["stack", "select"], ["stack", "init"]) or args[:2] in (["config", "set"],
-                                                                             ["config", "set-all"]):
+    if args[:2] == ["stack", "select"]:
+        # As the real CLI: a name the backend does not know is an error (the SDK's StackNotFoundError).
+        name = flag(args, "--stack") or args[-1]
+        if name not in known_stacks(sc):
+            print(f"error: no stack named '{name}' found", file=sys.stderr)
+            return 255
+        return 0
+    if args[:2] == ["stack", "init"]:
+        with open(os.environ["FAKE_PULUMI_LOG"] + ".stacks", "a") as f:
+            f.write(args[2] + "\n")
+        return 0
+    if args[:2] in (["config", "set"], ["config", "set-all"]):
         return 0
     if args[:1] == ["config"] and "--json" in args:
         print(json.dumps(sc.get("config", {})))
         return 0
     if args[:1] and args[0] in ("preview", "up", "refresh", "destroy"):
         op = args[0]
+        if sc.get("fail"):                    # the engine fails before any step (a locked stack, say)
+            print(sc["fail"], file=sys.stderr)
+            return 255
         print(f"{'Previewing update' if op == 'preview' else op.capitalize()} ({flag(args, '--stack') or 'dev'})")
         for step in sc["steps"]:
             print(f"  {step['op']} {step['urn'].rsplit('::', 1)[-1]}")
@@ -184,7 +206,7 @@ def test_missing_pulumi_is_one_clear_line_and_exit_1():
     for op in (["preview"], ["up", "--yes"], ["refresh"], ["destroy", "--yes"], ["drift"]):
         done = subprocess.run([*PHOENIX, *op, "--stack", "dev"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=120)
-        assert done.returncode == 1, (op, done.stderr)
+        assert done.returncode == Exit.FAILED, (op, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
         assert "https://www.pulumi.com/docs/install/" in lines[0]
@@ -305,28 +327,37 @@ def test_preview_up_refresh_destroy_through_the_sdk(fake_pulumi):
 
 
 def test_drift_is_a_refreshing_preview_that_expects_no_changes(fake_pulumi):
+    """What Phoenix sends (a refreshing preview that fails on any change) and how it decides."""
     set_scenario, calls = fake_pulumi
     set_scenario(**CHANGED)
-    report = PhoenixStack("dev").drift()
-    assert report.has_changes and report.operation == "drift"
-    assert {s.name for s in report.steps} == {"gateway-nginx-sites", "agent-1-cert"}
+    assert PhoenixStack("dev").drift().has_changes
     preview = next(c["argv"] for c in calls() if "preview" in c["argv"])
     assert "--expect-no-changes" in preview and "--refresh" in preview
     set_scenario(changes={"same": 32})
     assert not PhoenixStack("dev").drift().has_changes
 
 
-def test_cli_drift_exit_codes_and_json_result(fake_pulumi):
+def drift_exit(set_scenario, **scenario) -> subprocess.CompletedProcess:
+    set_scenario(**scenario)
+    return subprocess.run([*PHOENIX, "drift", "--quiet"], cwd=ROOT, env=os.environ,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_drift_exit_codes_tell_drift_from_no_drift_from_a_failed_check(fake_pulumi):
+    """The deploy workflow acts on these: 3 drift, 0 none, 1 when pulumi could not tell (not drift)."""
     set_scenario, _ = fake_pulumi
-    set_scenario(**CHANGED)
-    done = subprocess.run([*PHOENIX, "drift", "--stack", "dev", "--quiet"], cwd=ROOT, env=os.environ,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 1 and "drift:" in done.stderr and "Traceback" not in done.stderr
-    assert "gateway-nginx-sites" in done.stdout
-    set_scenario(changes={"same": 32})
-    done = subprocess.run([*PHOENIX, "drift", "--stack", "dev", "--quiet"], cwd=ROOT, env=os.environ,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    drift = drift_exit(set_scenario, **CHANGED)
+    assert drift.returncode == Exit.DRIFT and "Traceback" not in drift.stderr
+    assert "drift: stack 'dev' differs from what the program wants (2 resources)" in drift.stderr
+    assert drift_exit(set_scenario, changes={"same": 32}).returncode == Exit.OK
+    locked = drift_exit(set_scenario, fail="error: the stack is currently locked by 1 lock(s)")
+    assert locked.returncode == Exit.FAILED, locked.stderr
+    assert locked.stderr.startswith("error: pulumi drift failed: ") and "locked" in locked.stderr
+    assert "drift:" not in locked.stderr
+
+
+def test_cli_up_json_result_masks_secrets(fake_pulumi):
+    set_scenario, _ = fake_pulumi
     set_scenario(**CHANGED)
     env = {**os.environ, "PHOENIX_TEST_PW": SECRET}
     done = subprocess.run([*PHOENIX, "up", "--stack", "dev", "--yes", "--json", "--quiet",
@@ -352,8 +383,40 @@ def test_real_pulumi_stack_and_secret_config(tmp_path, monkeypatch):
     (tmp_path / "state").mkdir()
     monkeypatch.setenv("PULUMI_CONFIG_PASSPHRASE", "phoenix-test-passphrase")
     monkeypatch.setenv("PULUMI_HOME", str(tmp_path / "home"))
-    stack = PhoenixStack("dev", work_dir=project)
+    stack = PhoenixStack("dev", work_dir=project, create=True)      # a new backend: the first deploy
     stack.set_config(secrets={"proxmoxPassword": SECRET})
     assert stack.config()["phoenix:proxmoxPassword"] == "[secret]"
     assert SECRET not in (project / "Pulumi.dev.yaml").read_text()     # ciphertext only
     assert stack.stack.get_config("phoenix:proxmoxPassword").value == SECRET
+
+
+# -- stacks are selected, never made up --------------------------------------------------------
+@pytest.mark.parametrize("op", ["preview", "drift", "refresh", "destroy"])
+def test_a_stack_name_the_backend_does_not_know_is_an_error_naming_it(fake_pulumi, op):
+    """A typo in --stack must not create an empty stack (its preview would show the whole lab as
+    new, its drift check would pass): exit 2, the stack named, and no `stack init`."""
+    set_scenario, calls = fake_pulumi
+    set_scenario(**CHANGED, stacks=["dev"])
+    argv = [*PHOENIX, op, "--stack", "cluster", "--quiet"] + (["--yes"] if op == "destroy" else [])
+    done = subprocess.run(argv, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=120)
+    assert done.returncode == Exit.BAD_INPUT, (done.stdout, done.stderr)
+    assert "error: --stack: no stack named 'cluster' in the Pulumi backend" in done.stderr
+    assert "Traceback" not in done.stderr
+    argvs = [[x for x in c["argv"] if x != "--non-interactive"] for c in calls()]
+    assert not any(a[:2] == ["stack", "init"] for a in argvs)
+    assert not any(op in a for a in argvs if a[:1] != ["stack"])       # the operation never ran
+
+
+def test_only_up_creates_a_stack_and_only_one_the_project_has_a_stack_file_for(fake_pulumi, tmp_path):
+    set_scenario, calls = fake_pulumi
+    set_scenario(**CHANGED, stacks=[])
+    with pytest.raises(automation.StackNotFound):
+        PhoenixStack("dev")                                   # select only: refused
+    created = PhoenixStack("dev", create=True)                # Pulumi.dev.yaml is in the project
+    assert created.name == "dev"
+    inits = [a for a in ([x for x in c["argv"] if x != "--non-interactive"] for c in calls()) if a[:2] == ["stack", "init"]]
+    assert [a[2] for a in inits] == ["dev"]
+    with pytest.raises(automation.StackNotFound) as err:
+        PhoenixStack("dve", create=True)                      # no Pulumi.dve.yaml: a typo, not a new stack
+    assert "dve" in str(err.value)
+

@@ -1,10 +1,12 @@
-"""The `phoenix` command: every subcommand has --help, exits 0 ok / 1 failed / 2 bad input, and
-never shows a traceback for bad input (one `error: <key>: <problem>` line per problem)."""
+"""The `phoenix` command: every subcommand has --help, ends with a code of phoenix/exits.py, never
+shows a traceback for bad input (one `error: <key>: <problem>` line per problem), works on the dev
+stack by default, and never deletes a directory that is not one of its plans."""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +17,8 @@ import pytest
 
 from conftest import ROOT, shipped_plan
 from phoenix.cli import main, parser
+from phoenix.exits import Exit
+from phoenix.plan.outdir import MARKER
 
 PHOENIX = [sys.executable, "-m", "phoenix.cli"]
 
@@ -53,7 +57,7 @@ def test_every_command_has_help():
 
 
 def test_no_or_unknown_command_is_bad_input():
-    for argv in ((), ("frobnicate",), ("plan",), ("diff", "only-one")):
+    for argv in ((), ("frobnicate",), ("plan", "--stack", "dev", "--config-file", "x"), ("diff", "only-one")):
         done = run(*argv)
         assert done.returncode == 2 and "Traceback" not in done.stderr, argv
 
@@ -82,6 +86,7 @@ def bad_inputs(bad_stack) -> dict[str, list[list[str]]]:
         "destroy": [["--stack", "dev"]],                # no --yes
         "refresh": [["--stack", "dev", "--secret-env", "nonsense"]],
         "verify": [["--config-file", str(bad_stack)], ["--stack", "dev", "--outside-source", "not-an-address"]],
+        "state-export": [["--stack", "dev"], ["--stack", "dev", "--out", str(ROOT / "README.md")]],   # exists
     }
 
 
@@ -162,3 +167,70 @@ def test_docs_check_and_regenerate(tmp_path):
     assert done.returncode == 1 and "is stale: regenerate it with `phoenix docs`" in done.stderr
     assert run("docs", "--out", str(stale)).returncode == 0
     assert run("docs", "--check", "--out", str(stale)).returncode == 0
+
+
+# -- the dev stack by default ----------------------------------------------------------------------
+def test_commands_without_a_stack_work_on_the_dev_stack(tmp_path):
+    done = run("validate")
+    assert done.returncode == Exit.OK and "stack 'dev' is valid: 7 guests" in done.stdout, done.stderr
+    assert run("graph").stdout == run("graph", "--stack", "dev").stdout
+    out = tmp_path / "plan"
+    done = run("plan", "--out", str(out))
+    assert done.returncode == Exit.OK, done.stderr
+    assert done.stdout.startswith("Phoenix plan for stack 'dev': ")
+
+
+# -- plan --out: new, empty, or a previous plan; nothing else is touched -----------------------------
+def tree(path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_plan_out_refuses_a_checkout_and_deletes_nothing(tmp_path):
+    checkout = tmp_path / "checkout"
+    (checkout / "phoenix").mkdir(parents=True)
+    (checkout / "README.md").write_text("# a checkout\n")
+    (checkout / "phoenix" / "cli.py").write_text("print('mine')\n")
+    before = tree(checkout)
+    done = subprocess.run([*PHOENIX, "plan", "--stack", "dev", "--out", "."], cwd=checkout, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == Exit.BAD_INPUT, done.stderr
+    assert done.stderr == (f"error: --out: . is not empty and is not a previous plan (it has no {MARKER}): "
+                           "give a new or empty directory; nothing was deleted\n")
+    assert tree(checkout) == before
+
+
+def test_plan_out_into_an_empty_directory_and_over_a_previous_plan(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert run("plan", "--out", str(out)).returncode == Exit.OK
+    assert (out / MARKER).is_file() and (out / "plan.json").is_file()
+    first = (out / "plan.json").read_bytes()
+    stale = out / "files" / "dns" / "etc" / "stale.conf"       # what an older plan pushed, gone since
+    stale.write_text("old\n")
+    notes = out / "notes.txt"                                  # the operator's own file, beside the plan
+    notes.write_text("keep me\n")
+    assert run("plan", "--out", str(out)).returncode == Exit.OK
+    assert not stale.exists() and (out / "plan.json").read_bytes() == first
+    assert notes.read_text() == "keep me\n"
+
+
+def test_plan_out_replaces_a_plan_written_before_plans_were_marked(tmp_path):
+    """`make plan` after an upgrade: build/dev holds an older plan (no marker) and nothing else."""
+    out = tmp_path / "build" / "dev"
+    (out / "files" / "dns").mkdir(parents=True)
+    (out / "plan.json").write_text("{}\n")
+    (out / "topology.mmd").write_text("flowchart LR\n")
+    assert run("plan", "--out", str(out)).returncode == Exit.OK
+    assert (out / MARKER).is_file() and json.loads((out / "plan.json").read_text())["stack"] == "dev"
+    (out / MARKER).unlink()
+    (out / "mine.txt").write_text("x")                       # now not only what a plan writes
+    assert run("plan", "--out", str(out)).returncode == Exit.BAD_INPUT
+    assert (out / "plan.json").is_file() and (out / "mine.txt").is_file()
+
+
+def test_plan_out_refuses_a_file(tmp_path):
+    target = tmp_path / "plan.txt"
+    target.write_text("x")
+    done = run("plan", "--out", str(target))
+    assert done.returncode == Exit.BAD_INPUT and done.stderr == f"error: --out: {target} exists and is not a directory\n"
+    assert target.read_text() == "x"

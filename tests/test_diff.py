@@ -18,11 +18,11 @@ import pytest
 from conftest import ROOT, edited, shipped_plan, stack_config
 from phoenix import diff
 from phoenix.plan import make_plan
+from phoenix.resource_types import FIREWALL_RULES
 from phoenix.model import parse_lab
 from phoenix.stackfile import expand_catalog
 
 PROBE = "nbx-probe"       # a name no shipped file mentions, so "mentions it" means "is about it"
-FIREWALL_RULES = "proxmoxve:firewall/rulesLegacy:RulesLegacy"
 
 
 @pytest.fixture(scope="module")

@@ -253,18 +253,23 @@ def test_internal_clients_get_every_guest(server):
             assert answers(msg, "A") == {str(g.address)}, (g.name, source)
 
 
-def test_internal_clients_get_one_address_per_replica_and_aliases_as_cname(server):
+def test_internal_clients_get_the_mesh_for_every_service_and_aliases_as_cname(server):
+    """A service's name leads to the mesh (which balances over its replicas), however many there
+    are; an alias is a CNAME of it; a guest's own name leads to the guest."""
     lab = server.lab
+    mesh = {str(next(g for g in lab.guests if g.role == "mesh").address)}
     for source in _internal_sources(server):
         for s in lab.services:
             fqdn = f"{s.name}.{lab.domains.internal}"
-            replicas = {str(lab.guest(g).address) for g in s.guests}
             msg = server.query(fqdn, "A", source)
-            assert answers(msg, "A") == replicas and len(msg.answer[0]) == len(s.guests), s.name
+            assert answers(msg, "A") == mesh and len(msg.answer[0]) == 1, s.name
             for alias in s.aliases:
                 msg = server.query(f"{alias}.{lab.domains.internal}", "A", source)
                 assert answers(msg, "CNAME") == {fqdn}, alias
-                assert answers(msg, "A") == replicas, alias   # the target, from the same answer
+                assert answers(msg, "A") == mesh, alias   # the target, from the same answer
+            for g in s.guests:
+                assert answers(server.query(f"{g}.{lab.domains.internal}", "A", source), "A") == \
+                    {str(lab.guest(g).address)}, g
 
 
 def test_public_names_resolve_to_the_gateway_internally(server):
@@ -489,7 +494,7 @@ def test_apply_of_a_new_service_updates_both_views_and_keeps_challenges_in_fligh
     lab = server.lab
     probe_internal = f"dns-probe.{lab.domains.internal}"
     probe_public = f"dns-probe.{lab.domains.public}"
-    portainer = str(next(g for g in lab.guests if g.role == "portainer").address)
+    mesh = str(server.plan.topo.mesh.address)     # a service's name: the mesh, wherever it runs
     host = next(s.public_host for s in lab.services if s.public)
     challenge = f"_acme-challenge.{host}"
     try:
@@ -497,7 +502,7 @@ def test_apply_of_a_new_service_updates_both_views_and_keeps_challenges_in_fligh
         # An internal-only service: the public zones are untouched, the challenge survives.
         result = server.apply(planned_step(server, public=False))
         assert result.returncode == 0, result.stderr
-        _wait_answer(server, probe_internal, "A", {portainer}, server.internal_src)
+        _wait_answer(server, probe_internal, "A", {mesh}, server.internal_src)
         assert answers(server.query(challenge, "TXT", EXTERNAL, tcp=True), "TXT") == {'"in-flight"'}
         # A public service: the dynamic zone is frozen, replaced and thawed; both views answer it.
         result = server.apply(planned_step(server, public=True))

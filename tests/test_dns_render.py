@@ -7,7 +7,6 @@ the scripts by shellcheck. Expected records come from the stack model, not the r
 
 from __future__ import annotations
 
-import configparser
 import ipaddress
 import os
 import re
@@ -58,14 +57,17 @@ def zone_records(text: str, origin: str) -> dict[str, set[tuple[str, str]]]:
 
 
 # -- what each view answers --------------------------------------------------------------
-def test_internal_view_answers_every_guest_service_replica_alias_and_public_name(topo):
+def test_internal_view_answers_every_guest_service_alias_and_public_name(topo):
+    """Guests by their own addresses; every service's name at the mesh (service-to-service traffic
+    goes through it), its aliases as CNAMEs of that name; public names at the gateway."""
     lab = topo.lab
+    mesh = next(g for g in lab.guests if g.role == "mesh")
     want: dict[str, set] = {}
     for g in lab.guests:
         want.setdefault(f"{g.name}.{lab.domains.internal}", set()).add(("A", str(g.address)))
     for s in lab.services:
         fqdn = f"{s.name}.{lab.domains.internal}"
-        want.setdefault(fqdn, set()).update(("A", str(lab.guest(g).address)) for g in s.guests)
+        want[fqdn] = {("A", str(mesh.address))}
         for a in s.aliases:
             want[f"{a}.{lab.domains.internal}"] = {("CNAME", fqdn)}
         if s.public:
@@ -73,9 +75,8 @@ def test_internal_view_answers_every_guest_service_replica_alias_and_public_name
     want[f"{lab.dns.nameserver}.{lab.domains.public}"] = {("A", str(topo.dns.address))}
     got = {name: set(rrs) for name, rrs in render.view_answers(topo)["internal"].items()}
     assert got == want
-    # One record per replica, even for a service spread over several guests.
-    llm = next(s for s in lab.services if s.name == "llm")
-    assert len(render.view_answers(topo)["internal"][f"llm.{lab.domains.internal}"]) == len(llm.guests)
+    # One record, the mesh's, even for a service spread over several guests: the mesh balances.
+    assert render.view_answers(topo)["internal"][f"llm.{lab.domains.internal}"] == [("A", str(mesh.address))]
 
 
 def test_external_view_answers_public_names_with_the_public_address_and_nothing_internal(topo):
@@ -214,20 +215,6 @@ def test_only_the_key_file_holds_the_secret_and_it_is_readable_by_bind_only(topo
     assert SECRET in key.content
     assert [p for p, f in files.items() if SECRET in f.content] == [key.path]
     assert f'include "{key.path}";' in files[render.NAMED_CONF].content
-
-
-def test_rfc2136_credentials_for_certbot(topo):
-    ini = render.rfc2136_credentials(topo, SECRET)
-    cfg = configparser.ConfigParser()
-    cfg.read_string("[x]\n" + ini)
-    conf = cfg["x"]
-    assert conf["dns_rfc2136_server"] == str(topo.dns.address)   # certbot wants an address
-    ipaddress.ip_address(conf["dns_rfc2136_server"])
-    assert conf["dns_rfc2136_port"] == "53"
-    assert conf["dns_rfc2136_name"] == topo.acme_tsig_key_name
-    assert conf["dns_rfc2136_secret"] == SECRET
-    # certbot-dns-rfc2136 2.1 (Debian 12) looks the algorithm up case-sensitively, in capitals.
-    assert conf["dns_rfc2136_algorithm"] == "HMAC-SHA256"
 
 
 def test_the_check_runs_named_checkzone_on_every_zone_then_named_checkconf(topo):

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import ROOT
 from phoenix import docs, model
-from phoenix.program import OPERATOR_SECRETS
+from phoenix.model import OPERATOR_SECRETS
 
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = ("deploying.md", "adding-a-service.md", "upgrading.md", "troubleshooting.md", "config-reference.md")
@@ -65,7 +65,7 @@ def test_every_config_key_the_docs_name_exists():
     # Secrets the program reads besides the model: the operator's, and the optional API token.
     import inspect
     from phoenix import program
-    secrets = set(OPERATOR_SECRETS) | {"proxmoxApiToken"}
+    secrets = set(OPERATOR_SECRETS)
     assert '"proxmoxApiToken"' in inspect.getsource(program.provider)
     for key in sorted(named):
         parts = key.split(".")
@@ -129,3 +129,22 @@ def test_adding_a_service_shows_what_the_real_plan_generates():
     assert {f.path for f in result.files} == set().union(*(p for _, _, p in rows.values()))
     for output in re.findall(r"`(\w+)`", page.split("No guest is replaced", 1)[1].split("\n\n", 1)[0]):
         assert output in result.outputs, output
+
+
+def test_the_firewall_matrix_is_generated_from_the_model_and_current():
+    """docs/firewall-matrix.md has a row for every rule the dev stack's guests get, and is what
+    ``phoenix docs`` would write now."""
+    from phoenix.render.firewall import guest_rules
+    from phoenix.stackfile import expand_catalog, read_stack_file
+    from phoenix.topology import build
+    matrix = text(docs.MATRIX_NAME)
+    assert matrix == docs.firewall_matrix(), "docs/firewall-matrix.md is stale: run `.venv/bin/phoenix docs`"
+    stack = read_stack_file(ROOT / "Pulumi.dev.yaml")
+    topo = build(model.parse_lab(expand_catalog(stack.phoenix(), stack.root)))
+    rows = [line for line in matrix.splitlines() if line.startswith("| `")]
+    for guest, rules in guest_rules(topo).items():
+        for r in rules:
+            port = f"| {r.dport}/{r.proto} |"
+            peer = (r.source if r.direction == "in" else r.dest) or "anywhere"
+            assert any(row.startswith(f"| `{guest}` ") and port in row and peer in row for row in rows), (guest, r)
+    assert "10.20.0.1/32" not in matrix            # the network's gateway is no admin source

@@ -184,9 +184,15 @@ def test_gateway_verifies_the_mesh_with_its_client_certificate_and_the_mesh_requ
     assert f"proxy_ssl_name {topo.mesh_name};" in sites
     assert f"proxy_ssl_trusted_certificate {ROOT_CA_TRUST_PATH};" in sites
     assert f"proxy_ssl_certificate {gw.CLIENT_TLS.cert};" in sites
-    assert stack.certificates[(topo.gateway.name, gw.CLIENT_CERT_NAME)] == gw.client_certificate_names(topo)
+    # the certificate nginx presents is the program's, signed by the gateway client CA: the one CA
+    # the mesh trusts for it (no Step-CA step issues it, so no other guest's certificate opens it)
+    assert (topo.gateway.name, gw.CLIENT_CERT_NAME) not in stack.certificates
+    presented = stack.files[topo.gateway.name][gw.CLIENT_TLS.cert]
+    ca = stack.plan.run.named("gateway-client-ca-cert").outputs["certPem"]
+    assert presented.endswith(ca) and stack.files[topo.mesh.name][mesh.GATEWAY_CLIENT_CA_PATH] == ca
     option = stack.dynamic["tls"]["options"][mesh.MTLS_OPTION]
-    assert option["clientAuth"] == {"caFiles": [ROOT_CA_TRUST_PATH], "clientAuthType": "RequireAndVerifyClientCert"}
+    assert option["clientAuth"] == {"caFiles": [mesh.GATEWAY_CLIENT_CA_PATH],
+                                    "clientAuthType": "RequireAndVerifyClientCert"}
     for route in topo.public_routes:
         router = stack.dynamic["http"]["routers"][mesh.router_name(route)]
         assert router["tls"]["options"] == mesh.MTLS_OPTION

@@ -34,19 +34,20 @@ def expected_inbound(topo) -> dict[str, set]:
     lab = topo.lab
     net = str(lab.network.cidr)
     one = lambda g: f"{g.address}/32"  # noqa: E731
-    mgmt = [str(n) for n in lab.network.management]
-    # with sshViaNode the node (jump host) and the guest network's router are management sources too
-    if lab.proxmox.ssh_via_node:
-        for a in [n.address for n in lab.proxmox.nodes] + [lab.network.gateway]:
-            if not any(a in n for n in lab.network.management):
-                mgmt.append(f"{a}/32")
-    out = {g.name: {(m, 22, "tcp") for m in mgmt} for g in lab.guests}           # SSH only from management
+    mgmt = [str(n) for n in lab.network.management]       # the declared management networks, nothing else
+    # with sshViaNode each node (the deploy's jump host) may SSH in too; never the network's gateway
+    jump = [f"{n.address}/32" for n in lab.proxmox.nodes
+            if lab.proxmox.ssh_via_node and not any(n.address in m for m in lab.network.management)]
+    out = {g.name: {(m, 22, "tcp") for m in mgmt + jump} for g in lab.guests}    # SSH only from those
     out[topo.gateway.name] |= {(None, 80, "tcp"), (None, 443, "tcp")}         # the public entry
     out[topo.mesh.name] |= {(one(topo.gateway), lab.mesh.gateway_port, "tcp"),  # mesh: from the gateway
                             (net, lab.mesh.internal_port, "tcp"),              # ... and from guests
                             (one(topo.ca), 80, "tcp")}                         # its ACME HTTP-01
-    out[topo.mesh.name] |= {(m, p, "tcp") for m in mgmt for p in (lab.mesh.dashboard_port, lab.mesh.metrics_port)}
-    out[topo.ca.name] |= {(net, lab.pki.ca_port, "tcp")}                     # the CA only from guests
+    # the dashboard and metrics for operators, and what `phoenix verify` asks from a management host:
+    # every service's health through the internal entrypoint, Step-CA's health
+    out[topo.mesh.name] |= {(m, p, "tcp") for m in mgmt for p in (lab.mesh.dashboard_port, lab.mesh.metrics_port,
+                                                                 lab.mesh.internal_port)}
+    out[topo.ca.name] |= {(x, lab.pki.ca_port, "tcp") for x in [net, *mgmt]}  # the CA from guests (and verify)
     out[topo.dns.name] |= {(None, 53, "udp"), (None, 53, "tcp")}              # both views
     for s in lab.services:                                                    # backends only from the mesh
         for g in s.guests:
@@ -192,20 +193,55 @@ def test_guest_nics_have_the_firewall_flag(dev_plan):
         assert nics and all(n["firewall"] is True for n in nics), g.name
 
 
-def test_the_datacenter_firewall_is_on_and_leaves_the_nodes_alone(dev_plan):
-    [cluster] = dev_plan.run.by_type(CLUSTER)
+def test_the_datacenter_firewall_is_the_operators_unless_the_stack_says_so(dev_plan):
+    """Its options are the whole cluster's (an input policy of DROP an operator set included):
+    by default Phoenix does not touch them at all."""
+    assert dev_plan.topo.lab.firewall.manage_cluster is False
+    assert dev_plan.run.by_type(CLUSTER) == []
+    assert len(dev_plan.run.by_type(OPTIONS)) == len(dev_plan.topo.lab.guests)
+
+
+def test_manage_cluster_sets_exactly_what_the_stack_says():
+    def managed(raw):
+        raw["firewall"] = {"manageCluster": True, "clusterInputPolicy": "DROP"}
+    plan = make_plan(edited("dev", managed))
+    [cluster] = plan.run.by_type(CLUSTER)
     assert cluster.value("enabled") is True
-    assert cluster.value("inputPolicy") == "ACCEPT" and cluster.value("outputPolicy") == "ACCEPT"
+    assert cluster.value("inputPolicy") == "DROP" and cluster.value("outputPolicy") == "ACCEPT"
     # one setting per cluster: it must not depend on the guests, or each new guest would touch it
     assert cluster.dependencies == []
 
 
-def test_manage_cluster_false_leaves_the_datacenter_firewall_to_the_operator():
-    def off(raw):
-        raw["firewall"] = {"manageCluster": False}
-    plan = make_plan(edited("dev", off))
-    assert plan.run.by_type(CLUSTER) == []
-    assert len(plan.run.by_type(OPTIONS)) == len(plan.topo.lab.guests)
+def test_admin_ports_are_not_open_to_the_networks_gateway(dev_plan):
+    """10.20.0.1 routes the guest network: behind a masquerading router it is every client on the
+    internet. SSH, the dashboard and the metrics are for the declared management networks only."""
+    topo, rules = dev_plan.topo, guest_rules(dev_plan.topo)
+    router = str(topo.lab.network.gateway)
+    mgmt_host = str(next(topo.lab.network.management[0].hosts()))
+    for g in topo.lab.guests:
+        assert not permits(rules[g.name], "in", router, 22), g.name
+        assert permits(rules[g.name], "in", mgmt_host, 22), g.name
+    for port in (topo.lab.mesh.dashboard_port, topo.lab.mesh.metrics_port):
+        assert not permits(rules[topo.mesh.name], "in", router, port)
+        assert permits(rules[topo.mesh.name], "in", mgmt_host, port)
+
+
+def test_phoenix_verify_from_a_management_host_reaches_every_address_it_probes(dev_plan):
+    """Each check ``phoenix verify`` makes (phoenix.verify.plan_checks) targets an address and port
+    the firewall lets a management host reach."""
+    from phoenix.verify import plan_checks
+    topo, rules = dev_plan.topo, guest_rules(dev_plan.topo)
+    by_address = {str(g.address): g.name for g in topo.lab.guests}
+    mgmt_host = str(next(topo.lab.network.management[0].hosts()))
+    checked = 0
+    for check in plan_checks(topo):
+        guest = by_address.get(check.address)
+        if guest is None or check.skip:
+            continue                                   # the public address, a file
+        proto = "udp" if check.check.startswith("dns/") else "tcp"
+        assert permits(rules[guest], "in", mgmt_host, check.port, proto), (check.check, check.target, check.port)
+        checked += 1
+    assert checked >= 4
 
 
 def test_typo_in_firewall_section_is_refused():

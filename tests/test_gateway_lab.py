@@ -141,18 +141,24 @@ def test_port_80_redirects_except_the_acme_challenge(glab):
     conn.close()
 
 
-def test_port_80_answers_http_01_for_public_and_internal_names(glab):
-    """Let's Encrypt validates the public names, Step-CA the gateway's own internal name."""
+def test_port_80_answers_http_01_for_the_public_names_only(glab):
+    """Let's Encrypt validates the public names here. The gateway's internal name gets nothing:
+    its one internal certificate (towards the mesh) is the program's, not Step-CA's by HTTP-01."""
     token = Path(gw.ACME_WEBROOT) / ".well-known/acme-challenge/phoenix-test-token"
     token.parent.mkdir(parents=True, exist_ok=True)
     token.write_text("key-authorization")
     try:
-        for name in [glab.servers[0].host, *gw.client_certificate_names(glab.topo)]:
+        for name in [s.host for s in glab.servers]:
             conn = http.client.HTTPConnection(glab.gateway_address, 80, timeout=5)
             conn.request("GET", "/.well-known/acme-challenge/phoenix-test-token", headers={"Host": name})
             resp = conn.getresponse()
             assert (resp.status, resp.read()) == (200, b"key-authorization"), name
             conn.close()
+        for name in gw.client_certificate_names(glab.topo):
+            with socket.create_connection((glab.gateway_address, 80), timeout=5) as s:
+                s.sendall(f"GET /.well-known/acme-challenge/phoenix-test-token HTTP/1.1\r\nHost: {name}\r\n\r\n"
+                          .encode())
+                assert s.recv(1024) == b"", name      # the default server: 444, closed without an answer
     finally:
         token.unlink()
 
@@ -289,7 +295,12 @@ def test_access_log_has_upstream_timing(glab):
 # ---- the public certificate: Pebble, certbot, renewal ---------------------------------------
 def test_certificate_from_acme_is_served(issued):
     lab, live = issued, Path(gw.LIVE_DIR)
-    assert os.readlink(gw.PUBLIC_CERT_LINK) == gw.LIVE_DIR
+    # nginx reads the gateway's own copy of the lineage (certbot rewrites the lineage in place)
+    served = Path(os.readlink(gw.PUBLIC_CERT_LINK))
+    assert served.parent == Path(gw.PUBLIC_CERT_STORE)
+    assert (served / "fullchain.pem").read_text() == (live / "fullchain.pem").read_text()
+    copy_key = served / "privkey.pem"
+    assert copy_key.stat().st_uid == 0 and copy_key.stat().st_mode & 0o077 == 0
     for server in lab.servers:   # verified as a browser would, against the ACME CA's root
         wait_until(lambda: served_leaf(server.host, lab.gateway_address) == file_leaf(live / "cert.pem"),
                    10, "nginx to serve the issued certificate")
@@ -305,9 +316,16 @@ def test_certificate_from_acme_is_served(issued):
 
 
 def renewal_command() -> list[str]:
-    """What Debian's certbot timer runs (its service's ExecStart)."""
-    unit = Path("/lib/systemd/system/certbot.service").read_text()
-    return shlex.split(next(l for l in unit.splitlines() if l.startswith("ExecStart=")).split("=", 1)[1])
+    """What Debian's certbot timer runs: its service's ExecStart, as the plan's drop-in sets it."""
+    units = [Path("/lib/systemd/system/certbot.service"), Path(gw.RENEW_DROPIN)]
+    starts = [l.split("=", 1)[1] for u in units for l in u.read_text().splitlines() if l.startswith("ExecStart=")]
+    return shlex.split(starts[-1])
+
+
+def test_the_timer_runs_certbot_then_the_deploy_hook(issued):
+    assert renewal_command() == [gw.RENEW_SCRIPT]
+    script = Path(gw.RENEW_SCRIPT).read_text()
+    assert script.index("certbot -q renew") < script.index(gw.DEPLOY_HOOK)
 
 
 def test_forced_renewal_serves_the_new_certificate_without_a_failed_request(issued):
@@ -329,7 +347,7 @@ def test_forced_renewal_serves_the_new_certificate_without_a_failed_request(issu
     worker = threading.Thread(target=client)
     worker.start()
     try:
-        renew = subprocess.run(renewal_command() + ["--force-renewal"],
+        renew = subprocess.run(["certbot", "-q", "renew", "--force-renewal", "--no-random-sleep-on-renew"],
                                capture_output=True, text=True, env=lab.acme_env, timeout=60)
         assert renew.returncode == 0, renew.stdout + renew.stderr
         after = file_leaf(f"{gw.LIVE_DIR}/cert.pem")

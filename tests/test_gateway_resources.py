@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 
 import pytest
 import yaml
 
-from components.gateway import STEP_INSTALL, STEP_NGINX, STEP_PLACEHOLDER, STEP_PUBLIC_CERT, STEPS
+from components.gateway import STEP_CLIENT_CERT, STEP_INSTALL, STEP_NGINX, STEP_PLACEHOLDER, STEP_PUBLIC_CERT, STEPS
 from conftest import edited
 from phoenix.bundle import digest
 from phoenix.plan import make_plan
 from phoenix.plan.writer import COMMAND, bundle_of, pushed_files
 from phoenix.render import gateway as gw
-from phoenix.render.trust import CertRequest
+from cryptography.hazmat.primitives import serialization
 
 
 def step(plan, name):
@@ -34,7 +35,7 @@ def test_steps_run_on_the_gateway_guest_with_nginx_own_hooks(any_plan):
         assert r.type == COMMAND and r.value("connection")["host"] == str(guest.address)
         assert r.parent == tier.urn and r.value("create").startswith("/usr/local/sbin/phoenix-apply ")
     create = step(any_plan, STEP_NGINX).value("create")
-    assert f"--check '{gw.NGINX_CHECK}'" in create and f"--reload '{gw.NGINX_RELOAD}'" in create
+    assert f"--check {shlex.quote(gw.NGINX_CHECK)}" in create and f"--reload {shlex.quote(gw.NGINX_RELOAD)}" in create
     assert f"--health '{gw.health_command(any_plan.topo)}'" in create
     files = {f.path for f in bundle_of(step(any_plan, STEP_NGINX))}
     assert files == {gw.NGINX_CONF, gw.SITES_CONF, f"{gw.SNIPPETS}/phoenix-proxy-headers.conf",
@@ -51,21 +52,38 @@ def test_steps_wait_for_the_guest_and_for_each_other(any_plan):
     order = {STEP_PLACEHOLDER: STEP_INSTALL, STEP_NGINX: STEP_PLACEHOLDER, STEP_PUBLIC_CERT: STEP_NGINX}
     for later, earlier in order.items():
         assert urn(earlier) in step(any_plan, later).dependencies
-    # the client certificate from Step-CA: through nginx's webroot, so after the nginx step
-    client = step(any_plan, f"cert-{gw.CLIENT_CERT_NAME}")
-    assert urn(STEP_NGINX) in client.dependencies
+    # the client certificate towards the mesh: over the placeholder, after the nginx step
+    assert urn(STEP_NGINX) in step(any_plan, STEP_CLIENT_CERT).dependencies
 
 
-def test_client_certificate_comes_from_the_trust_tier_through_the_webroot(any_plan):
-    """The one call to internal_certificate: the name nginx reads, its check and reload, the webroot."""
-    files = {f.path: f for f in bundle_of(step(any_plan, f"cert-{gw.CLIENT_CERT_NAME}"))}
-    obtain = next(f.content for p, f in files.items() if p.endswith(f"cert-{gw.CLIENT_CERT_NAME}.sh"))
-    assert f"--webroot -w {gw.ACME_WEBROOT}" in obtain
-    for name in gw.client_certificate_names(any_plan.topo):
-        assert f"-d {name}" in obtain
-    hook = files[CertRequest(name=gw.CLIENT_CERT_NAME, sans=()).hook_path].content
-    assert gw.CLIENT_TLS.cert in hook and gw.CLIENT_TLS.key in hook
-    assert gw.NGINX_CHECK in hook and gw.NGINX_RELOAD in hook
+def test_client_certificate_is_the_programs_signed_by_the_gateway_client_ca(any_plan):
+    """Not Step-CA's: the gateway client CA (under the Phoenix root) signs it, the one CA the mesh's
+    gateway entrypoint trusts. Pushed with nginx's own check and reload; the key only on stdin."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+    client = step(any_plan, STEP_CLIENT_CERT)
+    create = client.value("create")
+    assert f"--check {shlex.quote(gw.NGINX_CHECK)}" in create and f"--reload {shlex.quote(gw.NGINX_RELOAD)}" in create
+    assert "stdin" in client.secret_paths()
+    files = {f.path: f for f in bundle_of(client)}
+    assert set(files) == {gw.CLIENT_TLS.cert, gw.CLIENT_TLS.key}
+    assert (files[gw.CLIENT_TLS.key].mode, files[gw.CLIENT_TLS.key].owner) == (0o600, "root")
+    leaf, ca = x509.load_pem_x509_certificates(files[gw.CLIENT_TLS.cert].content.encode())
+    root = x509.load_pem_x509_certificate(any_plan.run.named("root-ca-cert").outputs["certPem"].encode())
+    assert ca.public_bytes(serialization.Encoding.PEM).decode() == \
+        any_plan.run.named("gateway-client-ca-cert").outputs["certPem"]
+    leaf.verify_directly_issued_by(ca)
+    ca.verify_directly_issued_by(root)
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert names == gw.client_certificate_names(any_plan.topo)
+    assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    key = serialization.load_pem_private_key(files[gw.CLIENT_TLS.key].content.encode(), None)
+    assert key.public_key().public_numbers() == leaf.public_key().public_numbers()
+    # Step-CA's intermediate signs everything else; it did not sign this one
+    intermediate = x509.load_pem_x509_certificate(
+        any_plan.run.named("intermediate-ca-cert").outputs["certPem"].encode())
+    assert leaf.issuer != intermediate.subject
+    assert any_plan.run.outputs["gatewayClientCertificate"]["chainPem"] == files[gw.CLIENT_TLS.cert].content
 
 
 def test_dns01_secret_only_in_the_root_only_file_on_stdin(cluster_plan):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import stat
 import subprocess
 import tarfile
@@ -124,3 +125,25 @@ def test_refuses_to_run_without_a_pinned_sha256(sandbox):
     assert "phoenix:mesh.traefikSha256 is not set; refusing to install an unverified Traefik" in out.stderr
     assert f"traefik_v{version}_linux_amd64.tar.gz from the release's traefik_v{version}_checksums.txt" in out.stderr
     assert downloads() == 0 and not (root / "etc/traefik").exists()
+
+
+def test_installs_what_the_health_check_needs_even_where_traefik_already_runs(sandbox, tmp_path):
+    """The push's health check (traefik-health.sh) reads Traefik's API with jq and checks the served
+    certificates with openssl: a guest that got Traefik before that gets them from the next install
+    step, which has nothing else to do."""
+    run, digest, root, downloads, version = sandbox
+    assert run(digest).returncode == 0
+    # This machine's commands, but no jq; apt-get records what it was asked for.
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name in ("sh", "bash", "grep", "mktemp", "sha256sum", "tar", "gzip", "mv", "rm", "cat", "cp"):
+        (tools / name).symlink_to(shutil.which(name))
+    stubs = tmp_path / "stubs"   # the sandbox's (the same tmp_path)
+    (stubs / "apt-get").write_text('#!/bin/sh\necho "$*" >> "$STUB_LOG/apt-get"\n')
+    (stubs / "apt-get").chmod(0o755)
+    script = tmp_path / "install-traefik.sh"
+    again = subprocess.run([shutil.which("bash"), str(script)], capture_output=True, text=True, timeout=60,
+                           env={"PATH": f"{stubs}:{tools}", "STUB_LOG": str(tmp_path / "log")})
+    assert again.returncode == 0, again.stderr
+    assert f"Traefik {version} is installed" in again.stdout and downloads() == 1
+    assert "install -y -qq curl jq openssl ca-certificates" in (tmp_path / "log" / "apt-get").read_text()

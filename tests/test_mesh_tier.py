@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import edited, shipped_plan
-from phoenix.plan import fakes, make_plan
+from phoenix.plan import make_plan
 from phoenix.plan.engine import is_secret, reveal
 from phoenix.plan.writer import COMMAND, bundle_of, tier_of
 from phoenix.render import mesh
@@ -49,7 +49,11 @@ def test_each_step_pushes_its_own_files_with_its_own_hooks(dev_plan):
              if r.name.startswith(f"{dev_plan.topo.mesh.name}-traefik")}
     install, static, dynamic = (files[f"mesh-{s}"] for s in ("traefik-install", "traefik-static", "traefik-dynamic"))
     assert list(install) == [f"{mesh.SCRIPTS}/traefik-install.sh"]
-    assert set(static) == {mesh.STATIC_PATH, mesh.UNIT_PATH, mesh.HEALTH_SCRIPT, mesh.USERS_PATH}
+    assert set(static) == {mesh.STATIC_PATH, mesh.UNIT_PATH, mesh.HEALTH_SCRIPT, mesh.USERS_PATH,
+                           mesh.GATEWAY_CLIENT_CA_PATH}
+    # the one CA the gateway entrypoint trusts: the PKI tier's gateway client CA, not the Phoenix root
+    assert static[mesh.GATEWAY_CLIENT_CA_PATH].content == \
+        dev_plan.run.named("gateway-client-ca-cert").outputs["certPem"]
     assert set(dynamic) == {mesh.DYNAMIC_PATH, mesh.EXPECTED_PATH}
     # The dynamic file lands in the directory the file provider watches: no restart, no reload hook.
     assert mesh.DYNAMIC_PATH.startswith(mesh.DYNAMIC_DIR + "/")
@@ -82,17 +86,10 @@ def test_dashboard_password_is_a_secret_everywhere(dev_plan):
     assert password not in json.dumps(dev_plan.document())
 
 
-def test_users_file_holds_the_bcrypt_hash_of_the_password_and_the_plan_redacts_it(monkeypatch, tmp_path):
-    """With a mock that hashes like pulumi-random does, the pushed users file verifies against the
-    password, and the written plan shows neither."""
+def test_users_file_holds_the_bcrypt_hash_of_the_password_and_the_plan_redacts_it(tmp_path):
+    """The engine hashes like pulumi-random does (a real bcrypt hash): the pushed users file verifies
+    against the password, and the written plan shows neither."""
     bcrypt = pytest.importorskip("bcrypt", reason="bcrypt (PyPI) verifies the hash Traefik reads")
-    plain = fakes.random_password
-
-    def hashing(inputs, salt):
-        out = plain(inputs, salt)
-        return {**out, "bcryptHash": bcrypt.hashpw(out["result"].encode(), bcrypt.gensalt(4)).decode()}
-
-    monkeypatch.setattr(fakes, "random_password", hashing)
     plan = make_plan(edited("dev", lambda raw: None))
     pw = plan.run.named("mesh-dashboard-password")
     users = {f.path: f for f in bundle_of(step(plan, "traefik-static"))}[mesh.USERS_PATH].content

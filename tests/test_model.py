@@ -116,7 +116,7 @@ def test_two_services_on_one_guest_and_port():
 def test_port_taken_by_a_tier():
     def edit(raw):
         raw["services"].append({"name": "web", "guests": ["gateway"], "port": 443})
-    assert ("phoenix:services[2].port: port 443 on guest 'gateway' is taken by the gateway tier itself"
+    assert ("phoenix:services[2].port: port 443 on guest 'gateway' is taken by the lab itself (the gateway's HTTPS)"
             in problems_of(edited("dev", edit)))
 
 
@@ -191,7 +191,8 @@ def test_secret_set_in_clear_is_refused():
     stack.secret_keys.add("phoenix:portainerAdminPassword")
     with pytest.raises(pulumi.RunError) as info:
         run_program(stack)
-    assert "phoenix:proxmoxPassword: must be a secret; set it again with --secret" in str(info.value)
+    assert ("phoenix:proxmoxPassword: must be a secret (the root@pam password of the Proxmox API (or set "
+            "phoenix:proxmoxApiToken)); set it again with --secret") in str(info.value)
 
 
 def test_json_schema_names_every_section_by_config_key():
@@ -206,20 +207,14 @@ def test_json_schema_names_every_section_by_config_key():
 def test_a_real_deployment_refuses_unpinned_release_checksums_before_any_resource():
     """The plan warns about missing release pins; `pulumi up` refuses them before creating anything."""
     import pulumi
-    import phoenix.program
     from phoenix.plan import make_plan, with_placeholder_secrets
     from phoenix.plan.engine import run_program
     warnings = make_plan(stack_config("dev")).warnings
     assert any(w.startswith("phoenix:mesh.traefikSha256: required to install Traefik") for w in warnings)
     assert any(w.startswith("phoenix:pki.stepCaSha256: required to install step-ca") for w in warnings)
-
-    def as_real_run():
-        phoenix.program.OFFLINE_PLAN = False     # what `pulumi up` sees
-        phoenix.program.main()
-
     stack, _ = with_placeholder_secrets(stack_config("dev"))
     with pytest.raises(pulumi.RunError) as info:
-        run_program(stack, program=as_real_run)
+        run_program(stack)                       # what `pulumi up` runs: phoenix.program.main
     assert "phoenix:mesh.traefikSha256: required to install Traefik 3.7.15" in str(info.value)
     assert "phoenix:pki.stepCliSha256: required to install step-cli" in str(info.value)
     assert info.value.phoenix_registered == []
@@ -238,3 +233,56 @@ def test_the_exported_json_schema_accepts_the_shipped_stacks_and_refuses_a_typo(
     raw["guests"][0]["adress"] = "10.20.0.10"
     with pytest.raises(jsonschema.ValidationError, match="adress"):
         jsonschema.validate(raw, schema)
+
+
+def test_a_stack_secret_naming_a_structured_setting_is_refused():
+    def edit(raw):
+        raw["services"].append({"name": "notes", "guests": ["agent-1"], "port": 8444,
+                                "compose": {"image": "nginx:1.27.3", "containerPort": 80,
+                                            "secretEnvironment": {"TOKEN": "phoenix:mesh"}}})
+    assert ("phoenix:services[2].compose.secretEnvironment: TOKEN: phoenix:mesh is a structured Phoenix "
+            "setting, not a secret") in problems_of(edited("dev", edit))
+
+
+def test_an_api_token_in_clear_is_refused_like_any_operator_secret():
+    """phoenix:proxmoxApiToken replaces the password; in plain text in a stack file it is refused."""
+    from phoenix.loader import load_stack
+    stack = stack_config("dev")
+    stack.values["phoenix:proxmoxApiToken"] = "root@pam!phoenix=0123-4567"
+    with pytest.raises(ConfigError) as info:
+        load_stack(stack)
+    assert ("phoenix:proxmoxApiToken: must be a secret (a Proxmox API token, instead of "
+            "the password); set it again with --secret") in info.value.problems
+
+
+def _with_token(stack):
+    stack.values["phoenix:proxmoxApiToken"] = "root@pam!phoenix=0123-4567"
+    stack.secret_keys.add("phoenix:proxmoxApiToken")
+    return stack
+
+
+def test_an_api_token_is_refused_while_a_guest_needs_root_at_pam_naming_both_keys():
+    """Proxmox lets only root@pam (with a password) pass devices into an LXC: with a token the first
+    GPU container's create would fail half way through a deployment. Refused before anything runs."""
+    from phoenix.loader import load_stack
+    with pytest.raises(ConfigError) as info:
+        load_stack(_with_token(stack_config("cluster")))
+    lab = parse_lab(expand_catalog(stack_config("cluster").phoenix(), ROOT))
+    gpu = [i for i, g in enumerate(lab.guests) if g.kind == "lxc" and g.gpus]
+    assert len(gpu) == 3
+    lines = [p for p in info.value.problems if p.startswith("phoenix:proxmoxApiToken: ")]
+    assert len(lines) == len(gpu)
+    for i, line in zip(gpu, lines):
+        assert f"cannot write phoenix:guests[{i}].gpus (device passthrough" in line
+        assert "root@pam with a password" in line and "phoenix:proxmoxPassword" in line
+
+
+def test_an_api_token_is_accepted_when_no_guest_needs_root_at_pam():
+    from phoenix.loader import load_stack
+
+    def no_gpus(raw):
+        gpu = {g["name"] for g in raw["guests"] if g.get("gpus")}
+        raw["guests"] = [g for g in raw["guests"] if g["name"] not in gpu]
+        raw["services"] = [s for s in raw["services"] if not set(s["guests"]) & gpu]
+    loaded = load_stack(_with_token(edited("dev", no_gpus)))
+    assert not any(g.gpus for g in loaded.lab.guests)

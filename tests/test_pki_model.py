@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from conftest import edited, stack_config
 from phoenix.errors import ConfigError
 from phoenix.model import parse_lab
-from phoenix.pki import ca_policy, deploy_problems, domain_permitted, encrypted_jwk, jwk_pair, policy_permits
+from phoenix.model.readiness import deploy_readiness
+from phoenix.pki import ca_policy, domain_permitted, encrypted_jwk, jwk_pair, policy_permits
 from phoenix.plan import make_plan
 from phoenix.stackfile import expand_catalog
 from phoenix.topology import build
@@ -45,7 +46,7 @@ def _set_pki(**values):
     ({"allowedDomains": ["example.org"]},
      "phoenix:pki.allowedDomains: example.org excludes the internal domain lab.internal: "
      "Step-CA could not issue any internal certificate"),
-    ({"stepCaSha256": "not-a-checksum"}, "phoenix:pki.stepCaSha256: String should match pattern"),
+    ({"stepCaSha256": "not-a-checksum"}, "phoenix:pki.stepCaSha256: "),
 ])
 def test_bad_pki_input_is_one_clear_line(values, expected):
     problems = _problems(_set_pki(**values))
@@ -74,7 +75,7 @@ def test_allowed_domains_that_contain_the_internal_domain_pass():
 
 def test_missing_step_pins_are_named_for_a_real_deployment():
     lab = parse_lab(expand_catalog(stack_config("dev").phoenix(), stack_config("dev").root))
-    lines = deploy_problems(lab)
+    lines = [line for line in deploy_readiness(lab) if line.startswith("phoenix:pki.")]
     assert [line.split(":")[0] + ":" + line.split(":")[1] for line in lines] == [
         "phoenix:pki.stepCaSha256", "phoenix:pki.stepCliSha256"]
     assert "never guesses" in lines[0]
@@ -83,7 +84,7 @@ def test_missing_step_pins_are_named_for_a_real_deployment():
 # -- the authority policy (Step-CA's name constraints) ---------------------------------------------
 def test_domain_rule_matches_step_ca():
     assert domain_permitted("ca.lab.internal", "*.lab.internal")
-    assert domain_permitted("a.b.lab.internal", "*.lab.internal")
+    assert not domain_permitted("a.b.lab.internal", "*.lab.internal")    # 0.28: exactly one label below
     assert not domain_permitted("lab.internal", "*.lab.internal")
     assert not domain_permitted("evil-lab.internal", "*.lab.internal")
     assert domain_permitted("lab.internal", "lab.internal")
@@ -96,14 +97,16 @@ def test_policy_allows_the_lab_and_the_cas_own_names_only(name):
     lab = parse_lab(expand_catalog(stack.phoenix(), stack.root))
     topo = build(lab)
     policy = ca_policy(lab, topo)
-    assert policy["x509"]["allow"]["dns"][0] == f"*.{lab.domains.internal}"
-    assert str(lab.network.cidr) in policy["x509"]["allow"]["ip"]
-    for san in topo.ca_sans:                                  # trap 5: the CA can serve every SAN
-        assert policy_permits(policy, san), san
-    for g in lab.guests:
-        assert policy_permits(policy, topo.guest_fqdn(g)) and policy_permits(policy, str(g.address))
+    assert policy["x509"]["allow"] == {"dns": sorted({n for names in topo.step_ca_names.values() for n in names})}
+    for san in topo.ca_sans:     # the CA's own names: its certificate is not the policy's to gate
+        assert not policy_permits(policy, san), san
+    for s in lab.services:       # the mesh holds every service's names
+        assert all(policy_permits(policy, n) for n in topo.service_names(s))
+    for g in lab.guests:         # a guest's name only where that guest asks for it; no address ever
+        assert policy_permits(policy, topo.guest_fqdn(g)) == (g.name in topo.step_ca_names), g.name
+        assert not policy_permits(policy, str(g.address))
     for outside in (lab.domains.public, f"www.{lab.domains.public}", "example.org", "8.8.8.8",
-                    str(lab.network.public_address)):
+                    str(lab.network.public_address), f"nobody.{lab.domains.internal}"):
         assert not policy_permits(policy, outside), outside
 
 
@@ -129,7 +132,7 @@ def test_provisioner_jwk_and_its_encrypted_key(p256_pem):
     opened = jwe.JWE()
     opened.deserialize(token, key=jwk.JWK.from_password("provisioner pw"))
     assert json.loads(opened.payload) == private
-    with pytest.raises(Exception):
+    with pytest.raises(jwe.InvalidJWEData):                         # the wrong password opens nothing
         jwe.JWE().deserialize(token, key=jwk.JWK.from_password("wrong"))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, shipped_plan
-from phoenix.bundle import unpack
 
 
 def write(plan, out: Path) -> dict:
@@ -127,12 +127,71 @@ def test_cluster_stack_plans_cleanly(cluster_plan):
     assert nodes == {"pve1", "pve2", "pve3"}
 
 
-def test_bundles_round_trip():
-    from phoenix.bundle import GuestFile, digest, pack
-    files = [GuestFile("/etc/b.conf", "b\n"), GuestFile("/etc/a.key", "k", 0o640, "root", "ssl-cert")]
-    again = unpack(pack(files))
-    assert sorted(again, key=lambda f: f.path) == sorted(files, key=lambda f: f.path)
-    assert pack(files) == pack(list(reversed(files)))
-    assert digest(files) != digest(files[:1])
-    with pytest.raises(ValueError):
-        GuestFile("etc/relative", "x")
+
+def test_plan_json_shows_each_bundle_as_the_digest_and_paths_of_what_the_step_pushes(dev_dir, dev_plan):
+    from phoenix.bundle import digest, unpack
+    from phoenix.plan.writer import COMMAND
+    out, _ = dev_dir
+    doc = json.loads((out / "plan.json").read_text())
+    shown = {r["urn"]: r["inputs"]["stdin"]["phoenix:bundle"] for r in doc["resources"]
+             if isinstance(r["inputs"].get("stdin"), dict)}
+    steps = [r for r in dev_plan.run.by_type(COMMAND) if r.value("stdin")]
+    assert len(steps) >= 30 and set(shown) == {r.urn for r in steps}
+    for r in steps:
+        files = unpack(r.value("stdin"))
+        assert shown[r.urn] == {"digest": digest(files), "files": sorted(f.path for f in files)}
+
+
+def test_summary_counts_every_resource_under_its_tier(dev_dir):
+    """The summary's per-tier counts, recomputed from plan.json's parents."""
+    from collections import Counter
+    out, stdout = dev_dir
+    doc = json.loads((out / "plan.json").read_text())
+    by_urn = {r["urn"]: r for r in doc["resources"]}
+
+    def tier(r: dict) -> str:
+        while r["parent"] in by_urn:
+            r = by_urn[r["parent"]]
+        return r["type"].split(":")[-1] if r["type"].startswith("phoenix:tier:") else "stack"
+
+    counts = Counter(tier(r) for r in doc["resources"] if not r["type"].startswith("phoenix:tier:"))
+    assert stdout.startswith(f"Phoenix plan for stack 'dev': {sum(counts.values())} resources\n")
+    for name, n in counts.items():
+        assert f"\n  {name:<10} {n:>4}\n" in stdout
+
+
+def test_a_plan_leaves_the_garbage_collector_as_it_found_it():
+    """The engine collects less often while the program runs (bench/plan_bench.py), and only then:
+    the tests and the Automation API run plans in a longer-lived process."""
+    import gc
+    from phoenix.plan.engine import GC_FIRST_THRESHOLD, run_program
+    from conftest import stack_config
+    from phoenix.plan import with_placeholder_secrets
+    before = gc.get_threshold()
+    seen = []
+    run_program(with_placeholder_secrets(stack_config("dev"))[0], program=lambda: seen.append(gc.get_threshold()))
+    assert seen == [(GC_FIRST_THRESHOLD, *before[1:])]
+    assert gc.get_threshold() == before
+
+
+def test_compiled_templates_are_cached_privately_and_change_nothing(tmp_path):
+    """Two plans in fresh processes with a template cache in XDG_CACHE_HOME: the second one reads
+    the compiled templates; both write the same plan. A cache folder others can write is not used."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"plan{i}"
+        done = subprocess.run([sys.executable, "-m", "phoenix.cli", "plan", "--stack", "dev", "--out", str(out)],
+                              capture_output=True, text=True, cwd=ROOT, env=env)
+        assert done.returncode == 0, done.stderr
+        outs.append((out / "plan.json").read_text())
+    assert outs[0] == outs[1]
+    (folder,) = (tmp_path / "cache" / "phoenix").iterdir()
+    assert folder.stat().st_mode & 0o777 == 0o700 and len(list(folder.iterdir())) >= 20
+    shared = tmp_path / "shared"
+    (shared / "phoenix" / folder.name).mkdir(parents=True, mode=0o777)
+    (shared / "phoenix" / folder.name).chmod(0o777)
+    done = subprocess.run([sys.executable, "-c", "from phoenix.render import environment; "
+                           "print(environment().bytecode_cache)"],
+                          capture_output=True, text=True, cwd=ROOT, env={**env, "XDG_CACHE_HOME": str(shared)})
+    assert done.returncode == 0 and done.stdout.strip() == "None", done.stdout + done.stderr

@@ -1,24 +1,22 @@
-"""Compose stacks for real: the deploy script against a stand-in of Portainer's stacks API, and
-the TLS sidecar's config served by real nginx.
+"""Compose stacks for real: the deploy script against the Portainer stand-in
+(``portainer_standin``: Portainer 2.21.4's stacks handlers and what its docker compose does on
+the agent, cited there), and the TLS sidecar's config served by real nginx.
 
 Run only through the namespace wrapper (loopback only):
 
     bash scripts/in-netns.sh .venv/bin/python -m pytest tests/test_stacks_lab.py
 
-No Portainer or Docker engine is available here, so a small HTTPS server plays Portainer's API
-as Portainer 2.21 serves it (JSON login; stacks created by ``POST /api/stacks/create/standalone/
-string?endpointId=N`` with Name/StackFileContent/Env, updated by ``PUT /api/stacks/{id}?endpointId=N``,
-removed by ``DELETE /api/stacks/{id}?endpointId=N``; containers through the environment's Docker
-proxy). It checks each compose file with Debian's docker-compose, with the stack's Env as the
-environment, as Portainer's compose would read it. What runs is the plan's own bash script with
-real bash, curl and jq; guest paths are remapped into a temporary directory, and ``curl`` and
-``jq`` are wrapped to record every command line they get (no secret or token may appear there).
+The agent is registered by the plan's own registration script (Portainer asks the agent
+first); each deploy writes ``stack.env`` as Portainer does and "runs" compose on the agent's
+engine in the stand-in: interpolation through compose-go's dotenv parser (ported), orphans
+left running, published ports held. What runs is the plan's own bash script with real bash,
+curl and jq; guest paths are remapped into a temporary directory, and ``curl`` and ``jq`` are
+wrapped to record every command line they get (no secret or token may appear there).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -34,17 +32,18 @@ from phoenix.render import stacks as st
 from phoenix.render import workloads as wl
 from phoenix.stackfile import expand_catalog
 from phoenix.topology import build
-from portainer_standin import PortainerApi, ScriptLab
-from portainer_standin import serve as serve_api
+from portainer_standin import ScriptLab, dotenv
 from test_stacks_render import add_grafana
 from testpki import TestCA, save
 
 pytestmark = pytest.mark.lab
 
 PORTAINER_PASSWORD = "portainer-admin-pass-1234"
-SECRET = "grafana-admin-Secret-7731"
+#: what dotenv would mangle unquoted: `$`, ` #`, quotes, a backslash, trailing space
+SECRET = "gr@fana $ecret #1 \"q\" 'x' \\ end "
 NEW_SECRET = "grafana-admin-Rotated-9902"
 AGENT_VM = "201"
+APP, SIDECAR = "phoenix-grafana-app-1", "phoenix-grafana-tls"
 
 
 def topo_with(edit=None):
@@ -61,127 +60,18 @@ def grafana(topo):
     return s, agent
 
 
-# -- the stand-in ------------------------------------------------------------------------------
-def serve(cert: str, key: str, password: str, endpoints: str) -> None:  # pragma: no cover - child process
-    import re
-    import shutil
-    import tempfile
-    from urllib.parse import parse_qs, urlsplit
-
-    import yaml
-
-    state = {"endpoints": {e["Id"]: e for e in json.loads(endpoints)}, "stacks": {}, "log": [], "next": 1}
-
-    def compose_problem(text: str, env: list) -> str | None:
-        """Portainer runs compose with the stack's Env; an unreadable file or an unset variable fails."""
-        if not shutil.which("docker-compose"):
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "docker-compose.yml"
-            path.write_text(text)
-            out = subprocess.run(["docker-compose", "-f", str(path), "config", "-q"], capture_output=True, text=True,
-                                 env={"PATH": os.environ["PATH"], **{e["name"]: e["value"] for e in env}})
-        if out.returncode != 0 or "is not set" in out.stderr:
-            return out.stderr.strip() or "invalid compose file"
-        return None
-
-    def containers(stack) -> list:
-        doc = yaml.safe_load(stack["StackFileContent"])
-        out = []
-        for name, svc in doc["services"].items():
-            running = stack["Status"] == 1 and "crashloop" not in svc["image"]
-            out.append({"Names": [f"/{stack['Name']}-{name}-1"], "Image": svc["image"],
-                        "State": "running" if running else ("restarting" if stack["Status"] == 1 else "exited"),
-                        "Labels": {"com.docker.compose.project": stack["Name"], "com.docker.compose.service": name}})
-        return out
-
-    class Api(PortainerApi):
-        def handle_any(self, method):
-            url = urlsplit(self.path)
-            path, query = url.path, parse_qs(url.query)
-            state["log"].append(f"{method} {path}{'?' + url.query if url.query else ''} "
-                                f"{(self.headers.get('Content-Type') or '').split(';')[0]}".rstrip())
-            if path == "/_state":
-                return self.reply(200, {"stacks": list(state["stacks"].values()), "log": state["log"]})
-            m = re.fullmatch(r"/_stop/(\d+)", path)
-            if m:
-                state["stacks"][int(m.group(1))]["Status"] = 2
-                return self.reply(200, {})
-            if path == "/api/system/status":
-                return self.reply(200, {"Version": "2.21.4"})
-            if path == "/api/auth" and method == "POST":
-                body = self.json_body() or {}
-                if body.get("Username") != "admin" or body.get("Password") != password:
-                    return self.reply(422, {"message": "Invalid credentials"})
-                return self.logged_in()
-            if not self.authed():
-                return
-            if path == "/api/endpoints" and method == "GET":
-                return self.reply(200, list(state["endpoints"].values()))
-            if path == "/api/stacks" and method == "GET":
-                return self.reply(200, [{k: v for k, v in s.items() if k != "StackFileContent"}
-                                        for s in state["stacks"].values()])
-            if path == "/api/stacks/create/standalone/string" and method == "POST":
-                body = self.json_body()
-                endpoint = int((query.get("endpointId") or ["0"])[0])
-                if body is None or not body.get("Name") or not body.get("StackFileContent"):
-                    return self.reply(400, {"message": "Invalid request payload"})
-                if endpoint not in state["endpoints"]:
-                    return self.reply(404, {"message": "Unable to find an environment with the specified identifier"})
-                if any(s["Name"] == body["Name"] and s["EndpointId"] == endpoint for s in state["stacks"].values()):
-                    return self.reply(409, {"message": f"A stack with the normalized name '{body['Name']}' already exists"})
-                problem = compose_problem(body["StackFileContent"], body.get("Env") or [])
-                if problem:
-                    return self.reply(500, {"message": "Failed to deploy a stack", "details": problem})
-                sid = state["next"]
-                state["next"] += 1
-                state["stacks"][sid] = {"Id": sid, "Name": body["Name"], "Type": 2, "EndpointId": endpoint,
-                                        "Env": body.get("Env") or [], "Status": 1,
-                                        "StackFileContent": body["StackFileContent"]}
-                return self.reply(200, state["stacks"][sid])
-            m = re.fullmatch(r"/api/stacks/(\d+)(/start)?", path)
-            if m and int(m.group(1)) in state["stacks"]:
-                stack = state["stacks"][int(m.group(1))]
-                if str(stack["EndpointId"]) != (query.get("endpointId") or [""])[0]:
-                    return self.reply(400, {"message": "Invalid query parameter: endpointId"})
-                if m.group(2) and method == "POST":
-                    stack["Status"] = 1
-                    return self.reply(200, stack)
-                if method == "DELETE":
-                    del state["stacks"][stack["Id"]]
-                    return self.reply(204)
-                if method == "PUT":
-                    body = self.json_body()
-                    if body is None or not body.get("StackFileContent"):
-                        return self.reply(400, {"message": "Invalid request payload"})
-                    problem = compose_problem(body["StackFileContent"], body.get("Env") or [])
-                    if problem:
-                        return self.reply(500, {"message": "Failed to deploy a stack", "details": problem})
-                    stack.update(StackFileContent=body["StackFileContent"], Env=body.get("Env") or [], Status=1,
-                                 Prune=body.get("Prune"))
-                    return self.reply(200, stack)
-            m = re.fullmatch(r"/api/endpoints/(\d+)/docker/containers/json", path)
-            if m and method == "GET":
-                labels = json.loads((query.get("filters") or ["{}"])[0]).get("label", [])
-                found = [c for s in state["stacks"].values() if s["EndpointId"] == int(m.group(1))
-                         for c in containers(s)]
-                found = [c for c in found if all("=" in lbl and c["Labels"].get(lbl.split("=", 1)[0]) ==
-                                                 lbl.split("=", 1)[1] for lbl in labels)]
-                return self.reply(200, found)
-            return self.reply(404, {"message": "Not found"})
-
-    serve_api(Api, cert, key)
+def plain_http(raw):
+    next(s for s in raw["services"] if s["name"] == "grafana")["protocol"] = "http"
 
 
-# -- the lab -----------------------------------------------------------------------------------
 class StacksLab(ScriptLab):
     def deploy(self, topo, secret: str = SECRET, *args: str, **env: str) -> subprocess.CompletedProcess:
         """Push the step's files (as phoenix-apply would) and run its script."""
         s, agent = grafana(topo)
         self.lay(st.stack_files(topo, s, agent, {"grafanaAdminPassword": secret}, AGENT_VM))
-        return self.run(topo, *args, **env)
+        return self.run_step(topo, *args, **env)
 
-    def run(self, topo, *args: str, **env: str) -> subprocess.CompletedProcess:
+    def run_step(self, topo, *args: str, **env: str) -> subprocess.CompletedProcess:
         s, agent = grafana(topo)
         script = Path(self.remap(st.script_path(s, agent)))
         return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=self.env(**env),
@@ -190,35 +80,60 @@ class StacksLab(ScriptLab):
     def calls_since(self, mark: int) -> list[str]:
         return self.state()["log"][mark:]
 
+    def containers(self) -> dict[str, dict]:
+        """The agent VM's containers, by name (the engine the agent's URL points at)."""
+        agent = self.topo.lab.guest("agent-1")
+        return {c["Names"][0][1:]: c for c in self.state()["engines"].get(f"{agent.address}:9001", [])}
+
+    def env_of(self, container: str) -> dict[str, str]:
+        return dict(e.split("=", 1) for e in self.containers()[container]["Env"])
+
+    def token(self) -> str:
+        status, body = self.portainer.call("POST", "/api/auth", {"Username": "admin", "Password": PORTAINER_PASSWORD})
+        assert status == 200, body
+        return body["jwt"]
+
 
 @pytest.fixture(scope="module")
 def slab(tmp_path_factory):
     require_isolated()
-    require_tools("curl", "jq", "bash")
+    require_tools("curl", "jq", "bash", "flock")
     topo = topo_with()
-    root = tmp_path_factory.mktemp("stacks-lab")
-    lab = StacksLab(root, topo)
-    # Portainer knows the agent as the workloads tier registered it (and one other environment).
-    endpoints = [{"Id": 3, "Name": "other", "URL": "tcp://10.20.0.99:9001", "Type": 2},
-                 {"Id": 7, "Name": "agent-1", "URL": wl.agent_url(topo, topo.lab.guest("agent-1")), "Type": 2}]
+    lab = StacksLab(tmp_path_factory.mktemp("stacks-lab"), topo)
     procs = Processes()
     try:
-        lab.start_portainer(procs, __file__, PORTAINER_PASSWORD, json.dumps(endpoints))
+        # Portainer knows one other environment; agent-1 is registered by the plan's own script.
+        lab.start_portainer(procs, PORTAINER_PASSWORD,
+                            endpoints=[{"Id": 3, "Name": "other", "URL": "tcp://10.20.0.99:9001", "Type": 2,
+                                        "TLSConfig": {"TLS": True, "TLSSkipVerify": True}}])
+        lab.start_agent(procs, topo.lab.guest("agent-1"))
+        registered = lab.run(wl.registration_script(topo, topo.lab.guest("agent-1")))
+        assert registered.returncode == 0, registered.stderr
         yield lab
     finally:
         procs.stop_all()
 
 
-def test_deploy_creates_the_stack_on_the_agents_environment(slab):
+def environment_id(slab) -> int:
+    return next(e["Id"] for e in slab.state()["endpoints"] if e["Name"] == "agent-1")
+
+
+def test_deploy_creates_the_stack_and_the_secret_reaches_the_container_byte_for_byte(slab):
     out = slab.deploy(slab.topo)
     assert out.returncode == 0, out.stderr + out.stdout
     assert "created stack phoenix-grafana on agent-1" in out.stdout and "stack phoenix-grafana runs" in out.stdout
     [stack] = slab.state()["stacks"]
     s, agent = grafana(slab.topo)
-    assert stack["Name"] == "phoenix-grafana" and stack["EndpointId"] == 7      # agent-1's environment
-    assert stack["StackFileContent"] == st.compose_text(slab.topo, s, agent)
-    assert {"name": "GF_SECURITY_ADMIN_PASSWORD", "value": SECRET} in stack["Env"]
-    assert "POST /api/stacks/create/standalone/string?endpointId=7 application/json" in slab.state()["log"]
+    assert stack["Name"] == "phoenix-grafana" and stack["EndpointId"] == environment_id(slab) != 3
+    assert stack["_file"] == st.compose_text(slab.topo, s, agent)
+    # Portainer wrote stack.env unquoted, name=value; compose read it back exactly
+    line = f"GF_SECURITY_ADMIN_PASSWORD={st.dotenv_value(SECRET)}\n"
+    assert line in stack["_stack_env"]
+    assert slab.env_of(APP)["GF_SECURITY_ADMIN_PASSWORD"] == SECRET
+    # what the value unquoted (as Phoenix sent it before) would have given the container
+    assert dotenv.parse(f"K={SECRET}\n") == {"K": "gr@fana "}
+    assert f"POST /api/stacks/create/standalone/string?endpointId={environment_id(slab)} application/json -> 200" \
+        in slab.state()["log"]
     assert "--max-time\x00900\x00" in slab.argv()          # Portainer pulls the images before it answers
 
 
@@ -235,15 +150,58 @@ def test_a_changed_compose_file_updates_the_stack_in_place(slab):
         next(s for s in raw["services"] if s["name"] == "grafana")["compose"]["image"] = "grafana/grafana-oss:11.3.2"
     changed = topo_with(new_tag)
     [before] = slab.state()["stacks"]
+    app_before = slab.containers()[APP]["Id"]
     mark = len(slab.state()["log"])
     out = slab.deploy(changed)
     assert out.returncode == 0, out.stderr
     assert "updated stack phoenix-grafana on agent-1" in out.stdout
     [after] = slab.state()["stacks"]
-    assert after["Id"] == before["Id"] and "grafana/grafana-oss:11.3.2" in after["StackFileContent"]
-    assert after["Prune"] is True
-    assert f"PUT /api/stacks/{before['Id']}?endpointId=7 application/json" in slab.calls_since(mark)
+    assert after["Id"] == before["Id"] and "grafana/grafana-oss:11.3.2" in after["_file"]
+    assert slab.containers()[APP]["Image"] == "grafana/grafana-oss:11.3.2" and slab.containers()[APP]["Id"] != app_before
+    assert f"PUT /api/stacks/{before['Id']}?endpointId={environment_id(slab)} application/json -> 200" \
+        in slab.calls_since(mark)
     slab.topo = changed
+
+
+def test_a_service_removed_from_the_stack_stops_and_frees_its_port(slab):
+    """https -> http: the TLS sidecar leaves the compose file and the app publishes the port
+    itself. Portainer's update alone would leave the sidecar running on that port (``up -d``
+    without --remove-orphans) and fail the app's; the deploy stops the stack first."""
+    http = topo_with(plain_http)
+    out = slab.deploy(http)
+    assert out.returncode == 0, out.stderr + out.stdout
+    assert "stopped stack phoenix-grafana on agent-1: its service(s) tls are no longer in the compose file" \
+        in out.stdout
+    containers = slab.containers()
+    assert SIDECAR not in containers                                          # its container is gone
+    assert [p["PublicPort"] for p in containers[APP]["Ports"]] == [3443]      # the port is the app's now
+    assert slab.env_of(APP)["GF_SECURITY_ADMIN_PASSWORD"] == SECRET
+    # and back: the sidecar returns, the app stops publishing
+    out = slab.deploy(slab.topo)
+    assert out.returncode == 0, out.stderr
+    assert "stopped" not in out.stdout and set(slab.containers()) == {APP, SIDECAR}
+
+
+def test_the_stand_in_keeps_an_orphan_running_as_portainer_does(slab):
+    """What the deploy above works around: Portainer 2.21's update ignores Prune and leaves the
+    sidecar holding the port, so compose fails and Portainer takes the stack down."""
+    http_doc = topo_with(plain_http)
+    s, agent = grafana(http_doc)
+    body = st.request_body(http_doc, s, agent, {"grafanaAdminPassword": SECRET}, AGENT_VM)
+    [stack] = slab.state()["stacks"]
+    token = slab.token()
+    status, answer = slab.portainer.call(
+        "PUT", f"/api/stacks/{stack['Id']}?endpointId={environment_id(slab)}",
+        {"StackFileContent": body["StackFileContent"], "Env": body["Env"], "Prune": True}, token)
+    assert status == 500 and "port is already allocated" in answer["message"]
+    assert slab.containers() == {}                                 # the failed up was followed by down
+    assert slab.state()["stacks"][0]["_file"] == stack["_file"]    # the stored stack is unchanged
+    assert "Found orphan containers" in " ".join(slab.state()["warnings"])
+    # active in Portainer, no containers on the agent: the next deploy brings them back
+    out = slab.deploy(slab.topo)
+    assert out.returncode == 0, out.stderr
+    assert "redeployed stack phoenix-grafana on agent-1: service(s) app tls had no container" in out.stdout
+    assert set(slab.containers()) == {APP, SIDECAR}
 
 
 def test_a_rotated_secret_updates_the_stack_and_a_stopped_one_is_started(slab):
@@ -251,10 +209,13 @@ def test_a_rotated_secret_updates_the_stack_and_a_stopped_one_is_started(slab):
     assert out.returncode == 0 and "updated stack" in out.stdout, out.stderr
     [stack] = slab.state()["stacks"]
     assert {"name": "GF_SECURITY_ADMIN_PASSWORD", "value": NEW_SECRET} in stack["Env"]
-    slab.get(f"/_stop/{stack['Id']}")
+    assert slab.env_of(APP)["GF_SECURITY_ADMIN_PASSWORD"] == NEW_SECRET
+    status, _ = slab.portainer.call("POST", f"/api/stacks/{stack['Id']}/stop?endpointId={environment_id(slab)}",
+                                    token=slab.token())
+    assert status == 200 and slab.containers() == {}
     out = slab.deploy(slab.topo, NEW_SECRET)
     assert out.returncode == 0 and "started stack" in out.stdout, out.stderr
-    assert slab.state()["stacks"][0]["Status"] == 1
+    assert slab.state()["stacks"][0]["Status"] == 1 and set(slab.containers()) == {APP, SIDECAR}
 
 
 def test_a_stack_whose_containers_do_not_run_fails_the_step_with_their_states(slab):
@@ -266,17 +227,20 @@ def test_a_stack_whose_containers_do_not_run_fails_the_step_with_their_states(sl
     assert slab.deploy(slab.topo, NEW_SECRET).returncode == 0          # the previous version back
 
 
-def test_portainer_refusing_a_compose_file_fails_with_its_message(slab):
-    s, agent = grafana(slab.topo)
-    slab.lay(st.stack_files(slab.topo, s, agent, {"grafanaAdminPassword": NEW_SECRET}, AGENT_VM))
-    request = Path(slab.remap(st.request_path(s, agent)))
-    body = json.loads(request.read_text())
-    body["Env"] = [e for e in body["Env"] if e["name"] != "GF_SECURITY_ADMIN_PASSWORD"]   # an unset ${VAR}
-    request.write_text(json.dumps(body))
-    out = slab.run(slab.topo)
+def test_a_port_taken_on_the_agent_fails_the_deploy_with_portainers_message(slab):
+    agent = slab.topo.lab.guest("agent-1")
+    [stack] = slab.state()["stacks"]          # while the stack is stopped, someone takes its port
+    slab.portainer.call("POST", f"/api/stacks/{stack['Id']}/stop?endpointId={environment_id(slab)}", token=slab.token())
+    slab.portainer.run_by_hand(f"{agent.address}:9001", "someones-nginx", "nginx:1.27", [3443])
+    out = slab.deploy(slab.topo, "another-rotation-5512")
     assert out.returncode != 0
-    assert "Portainer refused to update stack phoenix-grafana on agent-1" in out.stderr
-    assert "GF_SECURITY_ADMIN_PASSWORD" in out.stderr
+    assert "Portainer could not update stack phoenix-grafana on agent-1: HTTP 500: failed to deploy a stack" in out.stderr
+    assert "Bind for 0.0.0.0:3443 failed: port is already allocated" in out.stderr
+    assert "phoenix-grafana is not running until a deploy succeeds" in out.stderr
+    assert set(slab.containers()) == {"someones-nginx"}               # Portainer took the stack down
+    slab.portainer.remove_by_hand(f"{agent.address}:9001", "someones-nginx")
+    out = slab.deploy(slab.topo, NEW_SECRET)
+    assert out.returncode == 0, out.stderr
 
 
 def test_an_unregistered_agent_is_named(slab):
@@ -287,21 +251,36 @@ def test_an_unregistered_agent_is_named(slab):
     assert "agent agent-1 is not registered in Portainer as environment tcp://10.20.0.98:9001" in out.stderr
 
 
-def test_delete_removes_the_stack_and_its_request_and_is_safe_twice(slab):
+def test_delete_removes_the_stack_its_containers_and_its_request_and_is_safe_twice(slab):
     s, agent = grafana(slab.topo)
     slab.lay(st.stack_files(slab.topo, s, agent, {"grafanaAdminPassword": NEW_SECRET}, AGENT_VM))
     [stack] = slab.state()["stacks"]
     mark = len(slab.state()["log"])
-    out = slab.run(slab.topo, "delete")
+    out = slab.run_step(slab.topo, "delete")
     assert out.returncode == 0 and "removed stack phoenix-grafana from agent-1" in out.stdout, out.stderr
-    assert slab.state()["stacks"] == []
-    assert f"DELETE /api/stacks/{stack['Id']}?endpointId=7" in slab.calls_since(mark)
+    assert slab.state()["stacks"] == [] and slab.containers() == {}
+    assert f"DELETE /api/stacks/{stack['Id']}?endpointId={environment_id(slab)}  -> 204" in slab.calls_since(mark)
     assert not Path(slab.remap(st.request_path(s, agent))).exists()    # no secret left behind
-    out = slab.run(slab.topo, "delete")
+    out = slab.run_step(slab.topo, "delete")
     assert out.returncode == 0 and "nothing to remove" in out.stdout
 
 
-def test_no_secret_or_token_was_ever_on_a_command_line(slab):
+def test_a_stack_created_meanwhile_is_taken_as_it_is(slab):
+    """Another run creates the stack between this run's look-up and its create: Portainer
+    answers 409 (create_compose_stack.go, stackExistsError); the deploy checks the existing one."""
+    s, agent = grafana(slab.topo)
+    with slab.another_run_before("/stacks/create/standalone/string", st.deploy_script(slab.topo, s, agent)) as ran:
+        out = slab.deploy(slab.topo, NEW_SECRET)
+    assert ran.exists() and out.returncode == 0, out.stderr
+    assert "stack phoenix-grafana on agent-1 is up to date" in out.stdout
+    assert any("/api/stacks/create/standalone/string" in line and line.endswith("-> 409")
+               for line in slab.state()["log"])
+    assert len(slab.state()["stacks"]) == 1 and set(slab.containers()) == {APP, SIDECAR}
+
+
+def test_the_steps_logged_in_once_and_no_secret_or_token_was_on_a_command_line(slab):
+    logins = [e for e in slab.state()["logins"] if e["status"] == 200]
+    assert len(logins) <= 6            # the registration's, and the test's own to play an operator
     argv = slab.argv()
     assert argv.count("curl\0") >= 20                                   # every call went through the wrapper
     for value in (SECRET, NEW_SECRET, PORTAINER_PASSWORD, "Bearer"):
@@ -350,8 +329,8 @@ def test_the_sidecar_serves_the_catalog_port_with_the_agents_certificate(tmp_pat
     s, agent = grafana(topo)
     agent_ca = TestCA("agent test root")
     ca = agent_ca.write_cert(tmp_path / "agent-root.crt")
-    cert, key = save(agent_ca.issue([topo.service_fqdn(s), topo.guest_fqdn(agent)]), tmp_path / "agent.crt",
-                     tmp_path / "agent.key")
+    # what the agent's certificate step asks for: its guest's name (the service's resolves to the mesh)
+    cert, key = save(agent_ca.issue([topo.guest_fqdn(agent)]), tmp_path / "agent.crt", tmp_path / "agent.key")
     conf = st.sidecar_config(s, upstream=f"127.0.0.1:{BACKEND_PORT}", resolver="127.0.0.1", cert=str(cert),
                              key=str(key))
     prefix = tmp_path / "nginx"
@@ -368,18 +347,16 @@ def test_the_sidecar_serves_the_catalog_port_with_the_agents_certificate(tmp_pat
     procs.start(["nginx", "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"])
     wait_port("127.0.0.1", BACKEND_PORT, 10)
     wait_port("127.0.0.1", s.port, 10)
-    for name in (topo.service_fqdn(s), topo.guest_fqdn(agent)):   # what the mesh verifies, and the agent's name
-        status, body = https_get(s.port, name, s.health, ca)
-        assert status == 200 and body == {"path": "/api/health", "host": name, "proto": "https"}
+    name = topo.replica_tls_name(s, agent.name)                    # what the mesh verifies: the agent's name
+    status, body = https_get(s.port, name, s.health, ca)
+    assert status == 200 and body == {"path": "/api/health", "host": name, "proto": "https"}
     with pytest.raises(ssl.SSLCertVerificationError):
         https_get(s.port, "other.lab.internal", s.health, ca)           # a name the certificate does not carry
     other_root = TestCA("other test root").write_cert(tmp_path / "other-root.crt")
     with pytest.raises(ssl.SSLCertVerificationError):
-        https_get(s.port, topo.service_fqdn(s), s.health, other_root)   # verified against the right root only
+        https_get(s.port, name, s.health, other_root)                  # verified against the right root only
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "serve":
-        serve(*sys.argv[2:6])
-    elif sys.argv[1] == "backend":
+    if sys.argv[1] == "backend":
         backend()

@@ -6,7 +6,6 @@ mesh, gateway and firewall follow from the same catalog entry."""
 from __future__ import annotations
 
 import json
-from unittest import mock
 
 import pytest
 import yaml
@@ -94,8 +93,9 @@ def test_certificates_are_obtained_on_the_agent_one_at_a_time_for_names_it_can_p
         assert run.urn_of(f"{a}-acme-client") in cert.dependencies and run.urn_of("ca-step-ca-health") in cert.dependencies
     assert run.urn_of("agent-1-cert-grafana") in run.named("agent-1-cert-whoami").dependencies  # port 80, one at a time
     grafana = files["agent-1"]["/usr/local/lib/phoenix/cert-grafana.sh"][0].content
-    assert "-d grafana.lab.internal -d agent-1.lab.internal --standalone --http-01-port 80" in grafana
-    # replicated: whoami.lab.internal resolves to both agents, so each proves only its own name
+    # grafana.lab.internal resolves to the mesh: the agent proves (and the mesh verifies) its own name
+    assert "-d agent-1.lab.internal --standalone --http-01-port 80" in grafana and "-d grafana." not in grafana
+    # replicated: the same, per agent
     whoami = files["agent-2"]["/usr/local/lib/phoenix/cert-whoami.sh"][0].content
     assert "-d agent-2.lab.internal --standalone" in whoami and "-d whoami.lab.internal" not in whoami
     hook = files["agent-1"]["/usr/local/lib/phoenix/acme-deploy-grafana.sh"][0].content
@@ -143,19 +143,12 @@ def test_a_stack_without_secrets_is_planned_in_the_clear():
 def test_a_missing_stack_secret_stops_a_real_deployment_with_its_key():
     """The real program refuses a stack secret that is not set, naming it, before any resource."""
     import pulumi
-    import phoenix.program
     from phoenix.plan import with_placeholder_secrets
     from phoenix.plan.engine import run_program
     stack, _ = with_placeholder_secrets(edited("dev", add_grafana))
     del stack.values["phoenix:grafanaAdminPassword"]        # as `pulumi up` sees an unset key
-
-    def as_real_run():
-        phoenix.program.OFFLINE_PLAN = False
-        with mock.patch("phoenix.program.deploy_problems", lambda topo: []):
-            phoenix.program.main()
-
     with pytest.raises(pulumi.RunError) as info:
-        run_program(stack, program=as_real_run)
+        run_program(stack)                                   # what `pulumi up` runs
     assert ("phoenix:grafanaAdminPassword: required secret is missing (the compose stack of grafana); set it "
             "with: pulumi config set --secret phoenix:grafanaAdminPassword ...") in str(info.value)
     assert info.value.phoenix_registered == []     # nothing exists, of any tier
@@ -187,14 +180,15 @@ def test_dns_mesh_gateway_and_firewall_follow_from_the_catalog_entry(plan, files
     topo = plan.topo
     agent = topo.lab.guest("agent-1")
     internal = files["dns"]["/etc/bind/phoenix/zones/db.lab.internal.internal"][0].content
-    assert f"grafana.lab.internal. IN A {agent.address}" in internal
-    assert "whoami.lab.internal. IN A 10.20.0.31" in internal and "whoami.lab.internal. IN A 10.20.0.32" in internal
+    # the services' names lead to the mesh, which balances over the agents
+    assert f"grafana.lab.internal. IN A {topo.mesh.address}" in internal
+    assert f"whoami.lab.internal. IN A {topo.mesh.address}" in internal and "whoami.lab.internal. IN A 10.20.0.3" not in internal
     dynamic = yaml.safe_load(files["mesh"]["/etc/traefik/dynamic/phoenix.yaml"][0].content)["http"]
     servers = dynamic["services"]["grafana"]["loadBalancer"]["servers"]
     assert servers == [{"url": f"https://{agent.address}:3443"}]
     assert dynamic["services"]["grafana"]["loadBalancer"]["healthCheck"]["path"] == "/api/health"
     transport = dynamic["serversTransports"][dynamic["services"]["grafana"]["loadBalancer"]["serversTransport"]]
-    assert transport["serverName"] == "grafana.lab.internal" and not transport["insecureSkipVerify"]
+    assert transport["serverName"] == "agent-1.lab.internal" and not transport["insecureSkipVerify"]
     gateway = files["gateway"]["/etc/nginx/conf.d/phoenix-gateway.conf"][0].content
     assert "server_name grafana.lab.example.com;" in gateway
     assert "whoami" not in gateway                                   # internal only: no public server block

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +20,7 @@ from phoenix.model import parse_lab
 from phoenix.render import stacks as st
 from phoenix.stackfile import expand_catalog
 from phoenix.topology import build, tls_paths
+from portainer_standin import dotenv
 
 SECRET = "grafana-admin-Pa$$word-1"
 CHECK_JSONSCHEMA = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "check-jsonschema"
@@ -100,14 +102,67 @@ def test_the_request_carries_the_secret_in_env_and_the_compose_file_never(dev):
     assert body["Name"] == "phoenix-grafana"
     assert SECRET not in body["StackFileContent"]
     assert body["StackFileContent"] == st.compose_text(dev, s, agent)
-    assert body["Env"] == [
-        {"name": "GF_SECURITY_ADMIN_PASSWORD", "value": SECRET},
+    assert body["Env"] == [                 # as compose's dotenv parser reads back SECRET exactly
+        {"name": "GF_SECURITY_ADMIN_PASSWORD", "value": '"grafana-admin-Pa\\$\\$word-1"'},
         {"name": "PHOENIX_AGENT_VM", "value": "201"},
         {"name": "PHOENIX_COMPOSE_SHA256", "value": hashlib.sha256(body["StackFileContent"].encode()).hexdigest()}]
     files = {f.path: f for f in st.stack_files(dev, s, agent, {"grafanaAdminPassword": SECRET}, "201")}
     request = files["/etc/phoenix/portainer/stacks/agent-1/grafana.json"]
     assert json.loads(request.content) == body and request.mode == 0o600 and request.owner == "root"
     assert files["/usr/local/lib/phoenix/stack-grafana-agent-1.sh"].mode == 0o700
+
+
+# -- stack.env: what compose reads back -------------------------------------------------------------
+DOTENV_CASES = json.loads((Path(__file__).parent / "portainer_standin" / "dotenv_cases.json").read_text())
+
+
+def test_the_dotenv_port_answers_as_compose_go_does():
+    """The stand-in's port of compose-go's dotenv parser (what docker compose reads
+    ``stack.env`` with) gives what the real Go code gave for every recorded env file, errors
+    included (the file's ``origin`` says how they were recorded)."""
+    lookup = DOTENV_CASES["lookup"].get
+    assert len(DOTENV_CASES["cases"]) > 300
+    for case in DOTENV_CASES["cases"]:
+        try:
+            got = {"env": dotenv.parse(case["input"], lookup)}
+        except ValueError as err:
+            got = {"error": str(err)}
+        assert got == {k: v for k, v in case.items() if k in ("env", "error")}, case["input"]
+
+
+def test_real_compose_read_back_every_quoted_value_and_mangled_most_unquoted_ones():
+    """The recorded answers of the real Go parser: each value as ``dotenv_value`` quotes it came
+    back as it was; the same values written unquoted (as Portainer writes whatever it gets)
+    mostly did not."""
+    quoted = [c for c in DOTENV_CASES["cases"] if "quoted" in c]
+    assert len(quoted) == 225
+    for c in quoted:
+        assert c["input"] == f"K={st.dotenv_value(c['quoted'])}\n" and c["env"] == {"K": c["quoted"]}
+    unquoted = [c for c in DOTENV_CASES["cases"] if "unquoted" in c]
+    mangled = [c for c in unquoted if c.get("env") != {"K": c["unquoted"]}]
+    assert len(unquoted) == 100 and len(mangled) > 40
+
+
+NASTY = ["pa$$word", "a #b", "trailing ", " leading", "q\"uo'te", "back\\slash", "\\$X", "${HOME}", "$PATH",
+         "new\nline", "cr\rlf", "tab\there", "\\n", "ends\\", "'", '"', "#", " ", "", "\\0101", "ünï\u00a0cødé",
+         "x\u0085y", "plain-Value_1.2:3@4%5+6=7,8/9"]
+
+
+@pytest.mark.parametrize("value", NASTY)
+def test_every_env_value_comes_back_from_stack_env_byte_for_byte(value):
+    """Portainer writes ``name=value`` unquoted; ``dotenv_value`` makes what it writes read back
+    as the value itself (with the real parser's rules, ported). Unquoted, most of these would
+    not: the reason for the quoting."""
+    assert dotenv.parse(f"K={st.dotenv_value(value)}\n", lambda k: "from-the-process") == {"K": value}
+
+
+def test_the_quoting_round_trips_random_values_and_leaves_plain_ones_alone():
+    rnd = random.Random(7)
+    alphabet = list("aZ09 _-=#$\\\"'{}:?+!\t\n\r`;&|<>()*~^") + ["\u00e9", "\u2713", "\u00a0", "\u0085"]
+    for _ in range(2000):
+        value = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 24)))
+        assert dotenv.parse(f"K={st.dotenv_value(value)}\n") == {"K": value}, repr(value)
+    assert st.dotenv_value("0123abcdef") == "0123abcdef"        # digests and ids: no churn
 
 
 def test_plain_values_with_a_dollar_stay_literal_and_the_command_is_split_into_words():
@@ -224,8 +279,8 @@ def compose_with(**changes):
      "{at}.guests[0]: 'gpu-llm' is a gpu guest, not an agent VM: compose stacks run on the "
      "agents' Docker through Portainer"),
     ({**WHOAMI, "port": 80},
-     "{at}.port: port 80 of an agent VM is where certbot answers Step-CA's HTTP-01 challenge; "
-     "pick another port"),
+     "{at}.port: port 80 on guest 'agent-1' is taken by the lab itself (certbot answers Step-CA's "
+     "HTTP-01 challenge there when it renews a certificate)"),
     (compose_with(volumes=["/etc:/host-etc"]),
      "{at}.compose.volumes[0]: volume '/etc:/host-etc': a host path must be under /srv/phoenix/ "
      "(or use a named volume)"),
@@ -242,7 +297,7 @@ def compose_with(**changes):
      "{at}.compose.environment: 'PHOENIX_COMPOSE_SHA256': names starting with PHOENIX_ are "
      "Phoenix's own"),
     (compose_with(environment={"PORT": 80}),
-     "{at}.compose.environment.PORT: Input should be a valid string"),
+     "{at}.compose.environment.PORT: must be text, not int"),
 ])
 def test_bad_compose_entries_are_refused_with_one_keyed_line(entry, line):
     stack = stack_config("dev")
@@ -262,10 +317,14 @@ def test_a_service_cannot_be_both_a_gpu_unit_and_a_compose_stack():
 
 def test_a_missing_or_plain_stack_secret_is_named_with_its_key(dev):
     assert st.required_secrets(dev.lab) == {"grafanaAdminPassword": ["grafana"]}
-    missing = st.secret_problems(dev.lab, lambda k: False, lambda k: False)
+    from phoenix.model import secret_problems
+
+    def stack_lines(is_set, is_secret):
+        return [p for p in secret_problems(dev.lab, is_set, is_secret) if "grafana" in p]
+    missing = stack_lines(lambda k: False, lambda k: False)
     assert missing == ["phoenix:grafanaAdminPassword: required secret is missing (the compose stack of grafana); "
                        "set it with: pulumi config set --secret phoenix:grafanaAdminPassword ..."]
-    plain = st.secret_problems(dev.lab, lambda k: True, lambda k: False)
+    plain = stack_lines(lambda k: True, lambda k: False)
     assert plain == ["phoenix:grafanaAdminPassword: must be a secret (the compose stack of grafana); "
                      "set it again with --secret"]
-    assert st.secret_problems(dev.lab, lambda k: True, lambda k: True) == []
+    assert stack_lines(lambda k: True, lambda k: True) == []

@@ -1,340 +1,192 @@
-"""The ACME path end to end with real servers, from the plan's own files.
+"""The trust tier's ACME path end to end on the real step-ca, from the tier's own steps.
 
-Inside an isolated network namespace (scripts/in-netns.sh): BIND answers the internal zone,
-Pebble stands in for Step-CA's ACME server behind an Nginx front that serves Step-CA's URL
-layout (``topo.acme_directory``, ``/health``) on the CA's address and port with a TLS
-certificate issued by the plan's own intermediate. On the mesh's address the plan's
-certificate script runs certbot exactly as the guest will (same script, flags, cli.ini,
-root bundle); the renewal is the plan's timer command; the deploy hook installs the files.
+``trust_run`` builds the trust tier alone (PKI, guests, trust, Step-CA) with two certificates:
+the mesh's (certbot standalone on :80; its hook's config test and reload are marker commands
+in the guest, so a test can make the config test fail) and a certificate proven through a webroot
+a web server on :80 serves (``webroot_guest``, nginx here). Inside the isolated namespace,
+tests/stepca_harness.py gives the CA, mesh and webroot guests namespaces of their own and
+replays the plan's steps on them: the CA by its bootstrap, trust, step-ca-install (from the
+lab's mirror, the stack pinned to its .debs), step-ca-config and step-ca-health steps, the
+real step-ca (0.19.0) running as the plan's unit says; each client by its bootstrap, trust,
+acme-client and certificate steps. There is no DNS tier in this program: the CA guest's
+/etc/hosts holds the internal view's addresses (tests/test_stepca_lab.py resolves them through
+the real named of the full plan). Renewal is the plan's timer unit, run by the systemd
+stand-in (tests/units.py) as the timer would start it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import grp
-import json
-import os
 import re
-import shlex
-import shutil
-import subprocess
-import tempfile
-import time
-from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
-from cryptography import x509
 
+import units
 from conftest import stack_config
-from lab import Processes, add_loopback_addresses, require_isolated, require_tools, wait_port
+from lab import require_isolated, require_tools
 from phoenix.render import trust as r
 from phoenix.topology import tls_paths
-from test_trust_support import GATEWAY_WEBROOT, trust_run
-from testpki import TestCA
+from stepca_harness import PlanLab, build_debs, certificates, chain_problems, dns_names, mirrored, wait_until
+from test_trust_support import GATEWAY_WEBROOT, WEBROOT_CERT, trust_run, webroot_guest
+from tools import step_ca, step_ca_sources_version
 
 pytestmark = pytest.mark.lab
 
-#: guest directories the plan's files go to, each a private mount over a temp dir here.
-MOUNTS = ("/etc/phoenix", r.SCRIPTS, r.ACME_WORK_DIR, r.ACME_LOGS_DIR, GATEWAY_WEBROOT)
+RELOADS = "/root/phoenix-lab-reloads"         # the mesh hook's "reload" appends a line here
+CONFIG_OK = "/root/phoenix-lab-config-ok"     # the mesh hook's "config test" passes while this exists
+CA_STEPS = ("bootstrap", "trust", "step-ca-install", "step-ca-config", "step-ca-health")
+CLIENT_STEPS = ("bootstrap", "trust", "acme-client")
+NGINX_PREFIX = "/run/lab-nginx"
 
 
-def _leaf(names: list[str], run) -> tuple[str, str]:
-    """A server certificate for ``names`` signed by the plan's intermediate (as Step-CA's own is)."""
-    ca = TestCA.from_pem(run.named("intermediate-ca-cert").outputs["certPem"],
-                         run.named("intermediate-ca-key").outputs["privateKeyPem"])
-    return ca.issue(names)
+def hosts_file(topo) -> str:
+    """The internal view's A records (CNAMEs followed) as /etc/hosts lines."""
+    a = {rec.name: rec.value for rec in topo.internal_records if rec.type == "A"}
+    cname = {rec.name: rec.value.rstrip(".") for rec in topo.internal_records if rec.type == "CNAME"}
+    resolved = {**a, **{name: a[target] for name, target in cname.items() if target in a}}
+    return "127.0.0.1 localhost\n" + "".join(f"{address} {name}\n" for name, address in sorted(resolved.items()))
 
 
-def _zone(topo) -> str:
-    domain = topo.lab.domains.internal
-    lines = [f"$ORIGIN {domain}.", "$TTL 60",
-             f"@ IN SOA ns.{domain}. hostmaster.{domain}. 1 60 60 600 60", f"@ IN NS ns.{domain}.",
-             f"ns IN A {topo.dns.address}"]
-    lines += [f"{rec.name}. IN {rec.type} {rec.value}{'.' if rec.type == 'CNAME' else ''}"
-              for rec in topo.internal_records]
-    return "\n".join(lines) + "\n"
-
-
-def _nginx_conf(prefix: Path, topo, cert: Path, key: Path) -> str:
-    port = topo.lab.pki.ca_port
-    directory = urlparse(topo.acme_directory).path
-    return f"""
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
+def webroot_nginx(topo) -> str:
+    """A web server holding :80 and serving HTTP-01 from certbot's webroot (as the gateway's does)."""
+    p = NGINX_PREFIX
+    return f"""pid {p}/nginx.pid;
+error_log {p}/error.log;
 events {{ worker_connections 64; }}
 http {{
-  access_log {prefix}/access.log;
-  client_body_temp_path {prefix}/tmp-body; proxy_temp_path {prefix}/tmp-proxy;
-  fastcgi_temp_path {prefix}/tmp-fcgi; uwsgi_temp_path {prefix}/tmp-uwsgi; scgi_temp_path {prefix}/tmp-scgi;
+  access_log {p}/access.log;
+  client_body_temp_path {p}/b; proxy_temp_path {p}/p; fastcgi_temp_path {p}/f;
+  uwsgi_temp_path {p}/u; scgi_temp_path {p}/s;
   server {{
-    listen {topo.ca.address}:{port} ssl; listen 127.0.0.1:{port} ssl;
-    ssl_certificate {cert}; ssl_certificate_key {key};
-    location = /health {{ default_type application/json; return 200 '{{"status":"ok"}}'; }}
-    location = {directory} {{ proxy_pass https://127.0.0.1:14000/dir; proxy_set_header Host $http_host; }}
-    location / {{ proxy_pass https://127.0.0.1:14000; proxy_set_header Host $http_host; }}
+    listen 80;
+    location /.well-known/acme-challenge/ {{ root {GATEWAY_WEBROOT}; }}
+    location / {{ return 301 https://$host$request_uri; }}
   }}
 }}
 """
 
 
-def _mount_private(work: Path) -> list[str]:
-    """Bind a temp dir over each guest directory the plan writes; returns mountpoints we created."""
-    created = []
-    for path in MOUNTS:
-        if not os.path.isdir(path):
-            os.makedirs(path)
-            created.append(path)
-        src = work / "mounts" / path.strip("/").replace("/", "_")
-        src.mkdir(parents=True)
-        subprocess.run(["mount", "--bind", str(src), path], check=True)
-    return created
-
-
-def _unmount(created: list[str]) -> None:
-    for path in reversed(MOUNTS):
-        subprocess.run(["umount", path], capture_output=True)
-    for path in reversed(created):
-        try:
-            os.rmdir(path)
-        except OSError:
-            pass
-
-
-def _lay(files, guest: str, steps: set[str]) -> dict[str, str]:
-    """Write the plan's files of ``steps`` on ``guest`` at their guest paths (under our mounts)."""
-    laid = {}
-    for path, (f, step) in files[guest].items():
-        if step in steps and path.startswith(MOUNTS):
-            target = Path(path)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(f.content)
-            os.chmod(target, f.mode)
-            shutil.chown(target, f.owner, f.group)
-            laid[path] = f.content
-    return laid
-
-
-def _unit_command(unit: str) -> tuple[list[str], dict[str, str]]:
-    env = dict(re.findall(r"^Environment=(\w+)=(.*)$", unit, re.M))
-    [command] = re.findall(r"^ExecStart=(.*)$", unit, re.M)
-    return shlex.split(command), env
-
-
-def _cert(path: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(Path(path).read_bytes())
-
-
 @pytest.fixture(scope="module")
-def lab():
+def lab(tmp_path_factory):
     require_isolated()
-    require_tools("pebble", "certbot", "named", "nginx", "openssl", "curl", "runuser")
-    work = Path(tempfile.mkdtemp(prefix="trust-lab-"))
-    marks, ok = work / "reloads", work / "config-ok"
-    run = trust_run(stack_config("dev"), reload=f"echo reloaded >> {marks}", check=f"test -e {ok}")
-    topo = run.topo
-    add_loopback_addresses(*(str(g.address) for g in (topo.ca, topo.mesh, topo.dns, topo.gateway)))
-    created = _mount_private(work)
-    procs = Processes()
+    require_tools("nginx", "certbot", "dpkg-deb", "setpriv", "nsenter", "unshare", "openssl", "jq", "curl")
+    binary, version = step_ca(), step_ca_sources_version()
+    tmp = tmp_path_factory.mktemp("trust-acme-lab")
+    debs = build_debs(tmp, binary, version)
+    gateway_address = stack_config("dev").phoenix()["network"]["gateway"]
+    plan = trust_run(mirrored("dev", debs, gateway_address, version),
+                     reload=f"echo reloaded >> {RELOADS}", check=f"test -e {CONFIG_OK}")
+    topo = plan.topo
+    ca, mesh, gw = topo.ca.name, topo.mesh.name, webroot_guest(topo)
+    lab = PlanLab(plan, tmp, (ca, mesh, gw))
     try:
-        files = run.files()
-        mesh = topo.mesh.name
-        _lay(files, mesh, {f"{mesh}-trust", f"{mesh}-acme-client", f"{mesh}-cert-mesh"})
-        # The CA side: its health script, and a TLS front made from the plan's intermediate.
-        ca_files = {p: f for p, (f, _) in files[topo.ca.name].items()}
-        health = work / "step-ca-health.sh"
-        health.write_text(ca_files[r.CA_HEALTH].content)
-        chain, key = _leaf(list(topo.ca_sans), run.run)
-        (work / "ca.crt").write_text(chain)
-        (work / "ca.key").write_text(key)
-        (work / "ca.key").chmod(0o600)
-
-        (work / "named.conf").write_text(
-            f'options {{ directory "{work}"; pid-file "{work}/named.pid"; listen-on port 53 {{ {topo.dns.address}; }};\n'
-            f'  listen-on-v6 {{ none; }}; recursion no; }};\ncontrols {{ }};\n'
-            f'zone "{topo.lab.domains.internal}" {{ type primary; file "{work}/internal.zone"; }};\n')
-        (work / "internal.zone").write_text(_zone(topo))
-        procs.start(["named", "-g", "-c", str(work / "named.conf")])
-        wait_port(str(topo.dns.address), 53)
-
-        (work / "pebble.json").write_text(json.dumps({"pebble": {
-            "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
-            "certificate": str(work / "ca.crt"), "privateKey": str(work / "ca.key"),
-            "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
-        env = {**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"}
-        procs.start(["pebble", "-config", str(work / "pebble.json"), "-dnsserver", f"{topo.dns.address}:53"], env=env)
-        wait_port("127.0.0.1", 14000)
-
-        (work / "nginx").mkdir()
-        (work / "nginx" / "nginx.conf").write_text(_nginx_conf(work / "nginx", topo, work / "ca.crt", work / "ca.key"))
-        procs.start(["nginx", "-p", str(work / "nginx"), "-c", str(work / "nginx" / "nginx.conf"),
-                     "-g", "daemon off;"])
-        wait_port(str(topo.ca.address), topo.lab.pki.ca_port)
-        yield dict(run=run, topo=topo, work=work, marks=marks, ok=ok, health=health, files=files, procs=procs)
+        lab.up()
+        lab.serve_mirror(debs)
+        lab.guests[ca].write("/etc/hosts", hosts_file(topo))
+        lab.guests[gw].write(f"{NGINX_PREFIX}/nginx.conf", webroot_nginx(topo))
+        lab.guests[gw].run(["install", "-d", "-m", "0755", GATEWAY_WEBROOT], check=True)
+        lab.nginx = lab.start(gw, ["nginx", "-p", f"{NGINX_PREFIX}/", "-c", f"{NGINX_PREFIX}/nginx.conf",
+                                   "-g", "daemon off;"])
+        lab.replay([*lab.steps_of(ca, *CA_STEPS), *lab.steps_of(mesh, *CLIENT_STEPS, "cert-mesh"),
+                    *lab.steps_of(gw, *CLIENT_STEPS, f"cert-{WEBROOT_CERT}")])
+        yield lab
     finally:
-        procs.stop_all()
-        _unmount(created)
-        shutil.rmtree(work, ignore_errors=True)
+        if getattr(lab, "nginx", None):   # nginx and its workers: the whole process group
+            units.terminate(lab.nginx.pid)
+            lab.nginx.wait()
+        lab.down()
 
 
-def _bash(path, env=None, timeout=120):
-    return subprocess.run(["bash", str(path)], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def pems(lab):
+    out = lambda name: lab.plan.run.named(name).outputs["certPem"]
+    return out("root-ca-cert"), out("intermediate-ca-cert")
 
 
-def _pebble_roots(work: Path) -> Path:
-    pem = subprocess.run(["curl", "-sk", "https://127.0.0.1:15000/roots/0"], capture_output=True, text=True,
-                         check=True).stdout
-    path = work / "pebble-root.pem"
-    path.write_text(pem)
-    return path
+def readable_by(lab, guest: str, user: str, path: str) -> bool:
+    return lab.login(guest, ["runuser", "-u", user, "--", "cat", path], check=False).returncode == 0
 
 
-def _verifies(chain_path: str, roots: Path) -> subprocess.CompletedProcess:
-    pems = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n?", Path(chain_path).read_text(), re.S)
-    untrusted = roots.parent / "untrusted.pem"
-    untrusted.write_text("".join(pems[1:]))
-    leaf = roots.parent / "leaf.pem"
-    leaf.write_text(pems[0])
-    return subprocess.run(["openssl", "verify", "-CAfile", str(roots), "-untrusted", str(untrusted), str(leaf)],
-                          capture_output=True, text=True)
+def reloads(lab, guest: str) -> list[str]:
+    g = lab.guests[guest]
+    return g.read(RELOADS).splitlines() if g.exists(RELOADS) else []
 
 
-def _key_readable_by(user: str, key: str) -> bool:
-    return subprocess.run(["runuser", "-u", user, "--", "cat", key], capture_output=True).returncode == 0
-
-
-def test_ca_health_check_verifies_every_san_against_the_root(lab):
-    out = _bash(lab["health"])
-    assert out.returncode == 0, out.stderr
-    assert f"/health ok on {len(lab['topo'].ca_sans)} names" in out.stdout
-
-
-def test_ca_health_check_fails_when_a_san_is_missing(lab):
-    """Trap 5: a CA certificate without the name the check uses is a failure, not a pass."""
-    topo, work = lab["topo"], lab["work"]
-    run = lab["run"].run
-    chain, key = _leaf([s for s in topo.ca_sans if s != topo.ca_name], run)
-    good_chain, good_key = (work / "ca.crt").read_text(), (work / "ca.key").read_text()
-    nginx = ["nginx", "-p", str(work / "nginx"), "-c", str(work / "nginx" / "nginx.conf")]
-    try:
-        (work / "ca.crt").write_text(chain)
-        (work / "ca.key").write_text(key)
-        subprocess.run([*nginx, "-s", "reload"], check=True)
-        time.sleep(0.5)
-        out = _bash(lab["health"], env={"PHOENIX_HEALTH_WAIT": "1"})
-        assert out.returncode != 0
-        assert f"https://{topo.ca_name}:{topo.lab.pki.ca_port}/health" in out.stderr
-    finally:
-        (work / "ca.crt").write_text(good_chain)
-        (work / "ca.key").write_text(good_key)
-        subprocess.run([*nginx, "-s", "reload"], check=True)
-        time.sleep(0.5)
-
-
-def test_certbot_obtains_renews_and_installs_for_the_service(lab):
-    topo, work, marks, ok = lab["topo"], lab["work"], lab["marks"], lab["ok"]
+def test_certbot_obtains_renews_and_installs_for_the_service(lab, tmp_path):
+    topo = lab.topo
+    mesh = topo.mesh.name
+    guest = lab.guests[mesh]
     paths = tls_paths("mesh")
-    script = f"{r.SCRIPTS}/cert-mesh.sh"
-    started = time.monotonic()
+    root, intermediate = pems(lab)
 
-    # 1. First issuance, with the plan's script: the hook installs it; nothing is reloaded yet.
-    out = _bash(script)
-    assert out.returncode == 0, out.stdout + out.stderr
-    issued = time.monotonic() - started
-    first = _cert(paths.cert)
-    assert first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-        x509.DNSName) == [topo.mesh_name]
-    roots = _pebble_roots(work)
-    verified = _verifies(paths.cert, roots)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-    key = os.stat(paths.key)
-    assert (oct(key.st_mode & 0o777), key.st_gid) == ("0o640", grp.getgrnam("www-data").gr_gid)
-    assert _key_readable_by("www-data", paths.key), "the service's group cannot read its key (trap 11)"
-    assert not _key_readable_by("nobody", paths.key)
-    assert not marks.exists(), "first issuance must not reload a service that is not running on it"
-    renewal = Path(r.ACME_CONFIG_DIR, "renewal", "mesh.conf")
-    assert "renew_before_expiry = 8 hours" in renewal.read_text()
+    # 1. First issuance by the plan's step: the hook installs it for the service's group; nothing
+    #    is reloaded (the service's own step starts it).
+    first = certificates(guest.read(paths.cert))[0]
+    assert dns_names(first) == [topo.mesh_name]
+    assert chain_problems(guest.read(paths.cert), root, intermediate, tmp_path) == []
+    assert lab.login(mesh, ["stat", "-c", "%a %G", paths.key]).stdout.split() == ["640", "www-data"]
+    assert readable_by(lab, mesh, "www-data", paths.key), "the service's group cannot read its key (trap 11)"
+    assert not readable_by(lab, mesh, "nobody", paths.key)
+    assert reloads(lab, mesh) == [], "first issuance must not reload a service that is not running on it"
+    renewal = f"{r.ACME_CONFIG_DIR}/renewal/mesh.conf"
+    assert f"renew_before_expiry = {r.renew_before(topo.lab)}" in guest.read(renewal)
 
-    # 2. Re-running the step changes nothing (idempotent): same certificate, still no reload.
-    again = _bash(script)
-    assert again.returncode == 0, again.stderr
-    assert _cert(paths.cert).serial_number == first.serial_number and not marks.exists()
+    # 2. Re-running the step changes nothing: same certificate, still no reload.
+    lab.step(f"{mesh}-cert-mesh")
+    assert certificates(guest.read(paths.cert))[0] == first and reloads(lab, mesh) == []
 
-    # 3. Renewal by the plan's timer command, once the certificate is inside its renewal window.
-    service = lab["files"][topo.mesh.name][r.RENEW_SERVICE][0].content
-    command, env = _unit_command(service)
-    assert env == {"REQUESTS_CA_BUNDLE": r.ROOT_PATH}
-    left = (first.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).days + 1
-    renewal.write_text(re.sub(r"^renew_before_expiry.*$", f"renew_before_expiry = {left} days",
-                              renewal.read_text(), flags=re.M))
-    ok.touch()
-    renewed = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
-    assert renewed.returncode == 0, renewed.stdout + renewed.stderr
-    second = _cert(paths.cert)
+    # 3. The timer, once the certificate is inside its renewal window: the plan's unit (its
+    #    Environment, its ExecStart) renews it, the hook installs it after the config test, reloads.
+    left = (first.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds() // 3600 + 2
+    lab.login(mesh, ["sed", "-i", f"s/^renew_before_expiry.*/renew_before_expiry = {left:.0f} hours/", renewal])
+    lab.login(mesh, ["touch", CONFIG_OK])
+    fire = ["systemctl", "start", f"{r.RENEW_UNIT}.service"]
+    lab.login(mesh, fire)
+    second = certificates(guest.read(paths.cert))[0]
     assert second.serial_number != first.serial_number
-    assert _verifies(paths.cert, roots).returncode == 0
-    assert marks.read_text().splitlines() == ["reloaded"], "renewal must reload after the config test passed"
-    assert _key_readable_by("www-data", paths.key) and oct(os.stat(paths.key).st_mode & 0o777) == "0o640"
-    assert f"renew_before_expiry = {left} days" in renewal.read_text(), "certbot dropped the renewal window"
+    assert chain_problems(guest.read(paths.cert), root, intermediate, tmp_path) == []
+    assert reloads(lab, mesh) == ["reloaded"], "a renewal reloads after the config test passed"
+    assert readable_by(lab, mesh, "www-data", paths.key)
+    assert f"renew_before_expiry = {left:.0f} hours" in guest.read(renewal), "certbot dropped the renewal window"
 
-    # 4. A renewal whose config test fails keeps the old certificate and does not reload.
-    ok.unlink()
-    failed = subprocess.run([*command, "--force-renewal"], capture_output=True, text=True,
-                            env={**os.environ, **env}, timeout=120)
-    assert "config test failed" in failed.stdout + failed.stderr + _logs()
-    assert _cert(paths.cert).serial_number == second.serial_number
-    assert marks.read_text().splitlines() == ["reloaded"]
-    assert _key_readable_by("www-data", paths.key)
+    # 4. A renewal whose config test fails keeps the previous certificate, does not reload,
+    #    and fails the timer's unit (certbot alone would exit 0 and never retry the hook).
+    lab.login(mesh, ["rm", CONFIG_OK])
+    failed = lab.login(mesh, fire, check=False)
+    assert failed.returncode != 0, "the timer's unit must fail when the hook refuses the certificate"
+    journal = guest.read(f"/run/phoenix-units/{r.RENEW_UNIT}.service.log")
+    assert "config test failed with the new certificate" in journal
+    assert certificates(guest.read(paths.cert))[0] == second and reloads(lab, mesh) == ["reloaded"]
+    assert readable_by(lab, mesh, "www-data", paths.key)
+    refused = certificates(guest.read(f"{r.ACME_CONFIG_DIR}/live/mesh/cert.pem"))[0]
+    assert refused != second, "certbot renewed: its new certificate waits in the lineage"
 
-    # 5. Once the config test passes again, the plan's step converges: newest certificate, reloaded.
-    ok.touch()
-    converged = _bash(script)
-    assert converged.returncode == 0, converged.stderr
-    live = _cert(f"{r.ACME_CONFIG_DIR}/live/mesh/cert.pem")
-    assert _cert(paths.cert).serial_number == live.serial_number != second.serial_number
-    assert marks.read_text().splitlines() == ["reloaded", "reloaded"]
-    print(f"\nfirst issuance through the plan's script: {issued:.1f}s")
+    # 5. The next run of the timer, once the config test passes, installs it and reloads: no
+    #    renewal is due any more (that certificate is new), the hook catches up on its own.
+    lab.login(mesh, ["sed", "-i", f"s/^renew_before_expiry.*/renew_before_expiry = {r.renew_before(topo.lab)}/",
+                     renewal])
+    lab.login(mesh, ["touch", CONFIG_OK])
+    lab.login(mesh, fire)
+    assert certificates(guest.read(paths.cert))[0] == refused
+    assert certificates(guest.read(f"{r.ACME_CONFIG_DIR}/live/mesh/cert.pem"))[0] == refused, "nothing renewed"
+    assert reloads(lab, mesh) == ["reloaded", "reloaded"]
+
+    # 6. Nothing to do: the timer changes nothing and reloads nothing; the plan's step neither.
+    lab.login(mesh, fire)
+    lab.step(f"{mesh}-cert-mesh")
+    assert certificates(guest.read(paths.cert))[0] == refused and reloads(lab, mesh) == ["reloaded", "reloaded"]
 
 
-def _logs() -> str:
-    log = Path(r.ACME_LOGS_DIR, "letsencrypt.log")
-    return log.read_text() if log.exists() else ""
-
-
-def test_certbot_through_the_webroot_of_a_guest_that_serves_port_80(lab):
-    """The gateway already serves :80: its client certificate is proven through Nginx's webroot."""
-    topo, work = lab["topo"], lab["work"]
-    gw = topo.gateway.name
-    _lay(lab["files"], gw, {f"{gw}-trust", f"{gw}-acme-client", f"{gw}-cert-gateway-client"})
-    prefix = work / "gateway-nginx"
-    prefix.mkdir()
-    (prefix / "nginx.conf").write_text(f"""
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 64; }}
-http {{
-  access_log {prefix}/access.log;
-  client_body_temp_path {prefix}/b; proxy_temp_path {prefix}/p; fastcgi_temp_path {prefix}/f;
-  uwsgi_temp_path {prefix}/u; scgi_temp_path {prefix}/s;
-  server {{
-    listen {topo.gateway.address}:80;
-    location /.well-known/acme-challenge/ {{ root {GATEWAY_WEBROOT}; }}
-    location / {{ return 301 https://$host$request_uri; }}
-  }}
-}}
-""")
-    nginx = lab["procs"].start(["nginx", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"])
-    try:
-        wait_port(str(topo.gateway.address), 80)
-        out = _bash(f"{r.SCRIPTS}/cert-gateway-client.sh")
-        assert out.returncode == 0, out.stdout + out.stderr
-        paths = tls_paths("gateway-client")
-        names = _cert(paths.cert).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert names.get_values_for_type(x509.DNSName) == [topo.guest_fqdn(topo.gateway)]
-        assert _verifies(paths.cert, _pebble_roots(work)).returncode == 0
-        assert "/.well-known/acme-challenge/" in (prefix / "access.log").read_text()
-        assert _key_readable_by("www-data", paths.key)
-    finally:
-        nginx.terminate()
-        nginx.wait(timeout=10)
+def test_certbot_through_the_webroot_of_a_guest_that_serves_port_80(lab, tmp_path):
+    """A guest whose :80 nginx already serves: its certificate is proven through nginx's webroot."""
+    topo = lab.topo
+    gw = webroot_guest(topo)
+    guest = lab.guests[gw]
+    paths = tls_paths(WEBROOT_CERT)
+    root, intermediate = pems(lab)
+    assert dns_names(certificates(guest.read(paths.cert))[0]) == [topo.guest_fqdn(topo.lab.guest(gw))]
+    assert chain_problems(guest.read(paths.cert), root, intermediate, tmp_path) == []
+    ca = re.escape(str(topo.ca.address))
+    wait_until(lambda: re.search(rf"^{ca} .*\"GET /\.well-known/acme-challenge/\S+ HTTP/1.1\" 200 ",
+                                 guest.read(f"{NGINX_PREFIX}/access.log"), re.M), 5,
+               "the CA's HTTP-01 request in nginx's access log")
+    assert readable_by(lab, gw, "www-data", paths.key)

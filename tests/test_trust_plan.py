@@ -11,8 +11,8 @@ from phoenix.errors import ConfigError
 from phoenix.plan.engine import run_program
 from phoenix.plan.writer import COMMAND, command_guest, pushed_files
 from phoenix.render import trust as r
-from phoenix.topology import ROOT_CA_TRUST_PATH
-from test_trust_support import dev_trust_run, first_tiers, trust_run
+from phoenix.topology import CA_HEALTH_PATH, ROOT_CA_TRUST_PATH
+from test_trust_support import WEBROOT_CERT, dev_trust_run, first_tiers, trust_run, webroot_guest
 
 CA_CONFIG, CA_HEALTH, CA_INSTALL = "step-ca-config", "step-ca-health", "step-ca-install"
 
@@ -86,8 +86,8 @@ def test_certificates_wait_for_the_cas_health_certbot_and_the_guests_trust(dev):
     cert = run.named("mesh-cert-mesh")
     for before in ("ca-step-ca-health", "mesh-acme-client", "mesh-trust", "mesh-bootstrap"):
         assert urn(run, before) in cert.dependencies, before
-    gateway = run.named("gateway-cert-gateway-client")
-    assert urn(run, "ca-step-ca-health") in gateway.dependencies
+    webroot = run.named(f"{webroot_guest(dev.topo)}-cert-{WEBROOT_CERT}")
+    assert urn(run, "ca-step-ca-health") in webroot.dependencies
 
 
 # -- the root key never leaves the program ------------------------------------------------------------
@@ -161,7 +161,7 @@ def test_the_plan_shows_the_cas_files_with_secrets_redacted(dev_plan, tmp_path):
 
 
 def test_exports_name_the_cas_health_url(dev_plan):
-    assert dev_plan.run.outputs["caHealthUrl"] == f"{dev_plan.topo.ca_url}/health"
+    assert dev_plan.run.outputs["caHealthUrl"] == f"{dev_plan.topo.ca_url}{CA_HEALTH_PATH}"
     assert dev_plan.run.outputs["acmeDirectory"] == dev_plan.topo.acme_directory
     assert len(dev_plan.run.outputs["rootCaFingerprint"]) == 64
 
@@ -177,50 +177,44 @@ def test_a_lifetime_change_touches_only_the_ca_config_and_certificate_steps(dev)
     changed = trust_run(edited("dev", lambda raw: raw.update(pki={"leafLifetimeHours": 12})))
     differ = sorted(c.name for c in dev.run.by_type(COMMAND)
                     if changed.run.named(c.name).value("stdin") != c.value("stdin"))
-    assert differ == ["ca-step-ca-config", "gateway-cert-gateway-client", "mesh-cert-mesh"]
+    assert differ == sorted(["ca-step-ca-config", f"{webroot_guest(dev.topo)}-cert-{WEBROOT_CERT}", "mesh-cert-mesh"])
 
 
 # -- bad requests and missing inputs ---------------------------------------------------------------------
 def _run_with(body):
+    from phoenix.loader import load_stack
     from phoenix.plan import with_placeholder_secrets
     stack, _ = with_placeholder_secrets(stack_config("dev"))
+    loaded = load_stack(stack)
     with pytest.raises(ConfigError) as err:
-        run_program(stack, lambda: body(first_tiers()))
+        run_program(stack, lambda: body(first_tiers(loaded)))
     return err.value.problems
 
 
-def test_a_missing_secret_is_refused_by_name():
-    from components.trust import TrustTier
-
-    def body(ctx):
-        ctx.secrets.provisioner_password = None
-        TrustTier("trust", ctx)
-    assert _run_with(body) == ["phoenix:provisionerPassword: required secret is missing "
-                               "(the JWK provisioner's password)"]
-
-
 def test_internal_certificate_refuses_what_step_ca_could_not_issue():
-    from components.trust import TrustTier, internal_certificate
+    from components.trust import internal_certificate
 
-    def body(ctx):
-        trust = TrustTier("trust", ctx)
-        trust.deploy_ca(ctx)
-        internal_certificate(ctx, ctx.guests["mesh"], name="bad", owner="root", group="root", reload="", parent=trust,
-                             sans=["10.20.0.12", "mesh.example.org", "nowhere.lab.internal"])
+    def body(first):
+        trust, issuer = first.trust()
+        internal_certificate(issuer, first.guests["mesh"], name="bad", owner="root", group="root", reload="",
+                             parent=trust, sans=["10.20.0.12", "mesh.example.org", "nowhere.lab.internal"])
     problems = _run_with(body)
     at = "internal_certificate('bad' on 'mesh')"
     assert f"{at}: SAN 10.20.0.12 is an address; ACME (certbot) issues for DNS names only" in problems
-    assert f"{at}: SAN mesh.example.org is outside the CA's allowed domains (*.lab.internal, localhost)" in problems
+    assert f"{at}: SAN mesh.example.org is outside the CA's allowed domains (one label below lab.internal)" \
+        in problems
     assert f"{at}: SAN nowhere.lab.internal has no record in the internal view; Step-CA could not reach it" in problems
+    # the CA's policy is exactly the names the lab asks for: a name the mesh does not ask for is refused
+    assert (f"{at}: SAN nowhere.lab.internal is not a name mesh asks Step-CA for (topology.step_ca_names; the CA's "
+            "policy allows exactly those)") in problems
 
 
 def test_internal_certificate_refuses_a_guest_step_ca_cannot_reach_on_port_80():
-    from components.trust import TrustTier, internal_certificate
+    from components.trust import internal_certificate
 
-    def body(ctx):
-        trust = TrustTier("trust", ctx)
-        trust.deploy_ca(ctx)
-        internal_certificate(ctx, ctx.guests["dns"], name="dns", sans=["dns.lab.internal"], owner="root",
+    def body(first):
+        trust, issuer = first.trust()
+        internal_certificate(issuer, first.guests["dns"], name="dns", sans=["dns.lab.internal"], owner="root",
                              group="bind", reload="", parent=trust)
     problems = _run_with(body)
     assert any("does not let the CA reach dns:80" in p for p in problems), problems
@@ -234,4 +228,6 @@ def test_a_name_shared_by_replicas_cannot_be_proven_by_one_of_them():
     stack = stack_config("cluster")
     topo = build(parse_lab(expand_catalog(stack.phoenix(), stack.root)))
     assert r.shared_sans(topo, "gpu-a", ["llm.ai.internal", "gpu-a.ai.internal"]) == ["llm.ai.internal"]
-    assert r.shared_sans(topo, "gpu-c", ["embed.ai.internal"]) == []
+    # a service's name resolves to the mesh, even where it runs once: only the mesh proves it
+    assert r.shared_sans(topo, "gpu-c", ["embed.ai.internal", "gpu-c.ai.internal"]) == ["embed.ai.internal"]
+    assert r.shared_sans(topo, topo.mesh.name, ["embed.ai.internal", "llm.ai.internal"]) == []

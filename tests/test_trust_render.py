@@ -1,29 +1,31 @@
-"""The trust tier's generated files checked by the tools that will read them: Step-CA's config
-(structurally: no step-ca binary here), shellcheck, systemd-analyze, and the install script's
-checksum gate run against stub package tools."""
+"""The trust tier's generated files checked by the tools that will read them: the real step-ca
+boots on the plan's ca.json (the full bring-up by the plan's steps is tests/test_stepca_lab.py),
+shellcheck, systemd-analyze, and the install script's checksum gate run against stub package tools."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import shutil
+import socket
+import ssl
 import stat
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
 
 import pytest
+from cryptography import x509
 
 from conftest import edited, stack_config
+from lab import require_isolated, wait_port
 from phoenix.model import parse_lab
 from phoenix.render import trust as r
 from phoenix.stackfile import expand_catalog
 from phoenix.topology import build
 from test_trust_support import dev_trust_run, trust_run
-
-STEP_CA_MISSING = ("step-ca is not installed on this machine and no packaged binary exists: "
-                   "`apt-cache policy step-ca` has no candidate in Debian 12 (only the Go library "
-                   "golang-github-smallstep-certificates-dev 0.19.0), and PyPI/npm carry no step-ca "
-                   "binary; ca.json is validated structurally instead")
+from tools import step_ca
 
 
 def _lab(name="dev", **pki):
@@ -76,10 +78,14 @@ def test_ca_provisioners_acme_without_tls_alpn_and_jwk(dev):
 
 def test_ca_policy_is_the_name_constraint(dev):
     lab = dev.topo.lab
+    topo = dev.topo
     allow = ca_config(dev)["authority"]["policy"]["x509"]["allow"]
-    assert allow["dns"][0] == f"*.{lab.domains.internal}"
-    assert not any(lab.domains.public in d for d in allow["dns"])
-    assert allow["ip"][0] == str(lab.network.cidr)
+    # exactly the names the lab's guests ask for: the mesh's and every service's (the mesh), and
+    # each other ACME client's own name; no wildcard, no public name, no address
+    wanted = {topo.mesh_name, *(n for s in lab.services for n in topo.service_names(s)),
+              *(topo.guest_fqdn(g) for g in topo.acme_clients)}
+    assert allow == {"dns": sorted(wanted)}
+    assert not any("*" in d or lab.domains.public in d for d in allow["dns"])
 
 
 def test_ca_lifetimes_come_from_the_stack():
@@ -90,12 +96,53 @@ def test_ca_lifetimes_come_from_the_stack():
     assert "renew_before_expiry = 4 hours" in cert
 
 
-def test_step_ca_boots_from_the_plan_config(dev):
-    """Where a step-ca binary exists, boot it with the plan's files; here, say why not."""
-    if shutil.which("step-ca") is None:
-        print(f"\nstep-ca not booted: {STEP_CA_MISSING}")
-        pytest.skip(STEP_CA_MISSING)
-    pytest.fail("step-ca is installed here: boot it from the plan's ca.json (extend this test)")
+@pytest.mark.lab
+def test_step_ca_boots_from_the_plan_config(dev, tmp_path, procs):
+    """The real step-ca (tests/tools.py: 0.19.0 from Debian's Go sources) on the plan's own
+    ca.json, certificates and key, only the paths moved under tmp_path and the listen address
+    onto loopback: /health answers over TLS verified against the plan's root for the CA's
+    names, /roots is exactly the plan's root, the ACME directory is the plan's provisioner's."""
+    require_isolated()
+    binary = step_ca()
+    files = {path: f for path, (f, _) in dev.files()[dev.topo.ca.name].items()}
+    home = tmp_path / "step"
+    for path in (r.CA_ROOT, r.CA_INTERMEDIATE, r.CA_KEY):
+        target = home / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(files[path].content)
+        target.chmod(files[path].mode)
+    config = json.loads(files[r.CA_JSON].content)
+    port = dev.topo.lab.pki.ca_port
+    for key in ("root", "crt", "key"):
+        config[key] = str(home / config[key].lstrip("/"))
+    config["db"]["dataSource"] = str(home / "db")
+    config["address"] = f"127.0.0.1:{port}"
+    (home / "ca.json").write_text(json.dumps(config))
+    (tmp_path / "root.pem").write_text(files[r.CA_ROOT].content)
+    log = open(tmp_path / "step-ca.log", "w")
+    proc = procs.start([binary, str(home / "ca.json")], stdout=log, stderr=subprocess.STDOUT,
+                       env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    try:
+        wait_port("127.0.0.1", port, 15)
+    except TimeoutError:
+        pytest.fail(f"step-ca did not start (exit {proc.poll()}):\n{(tmp_path / 'step-ca.log').read_text()}")
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "root.pem"))
+
+    def get(path: str, host: str) -> bytes:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        conn = http.client.HTTPConnection(host, port)
+        conn.sock = ctx.wrap_socket(sock, server_hostname=host)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        assert 200 <= resp.status < 300, (path, resp.status)    # 0.19 answers /roots with 201
+        return resp.read()
+    for host in dev.topo.ca_sans:                        # every name and address of the CA (trap 5)
+        assert json.loads(get("/health", host)) == {"status": "ok"}, host
+    root = x509.load_pem_x509_certificate(files[r.CA_ROOT].content.encode())
+    crts = json.loads(get("/roots", "localhost"))["crts"]
+    assert [x509.load_pem_x509_certificate(c.encode()) for c in crts] == [root]
+    directory = json.loads(get(urlparse(dev.topo.acme_directory).path, "localhost"))
+    assert directory["newOrder"] == f"https://localhost:{port}/acme/{dev.topo.lab.pki.acme_provisioner}/new-order"
 
 
 # -- scripts and units ---------------------------------------------------------------------------
@@ -138,7 +185,7 @@ def test_systemd_units_verify(tmp_path, dev):
         (root / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
         (root / path.lstrip("/")).write_text(content)
     shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
-    for binary in ("/usr/bin/step-ca", r.CERTBOT, "/bin/kill", "/usr/bin/flock"):
+    for binary in ("/usr/bin/step-ca", r.CERTBOT, "/bin/kill", "/usr/bin/flock", "/bin/bash"):
         target = root / binary.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("#!/bin/sh\n")

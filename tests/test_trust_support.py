@@ -2,7 +2,8 @@
 
 ``trust_run(stack)`` runs the program's own first tiers (PKI, guests, trust) under the
 recording engine and asks for two internal certificates the way other tiers do: one by
-HTTP-01 standalone (the mesh) and one through a webroot (the gateway, which serves :80).
+HTTP-01 standalone (the mesh) and one through a webroot (``webroot_guest``: an ACME client
+whose :80 a web server already holds, as the gateway's nginx would).
 It does not depend on the later tiers being finished, so the trust tier is tested alone;
 the shipped plans (every tier) are tested too.
 """
@@ -14,15 +15,22 @@ from functools import lru_cache
 
 import pulumi
 
+from phoenix.loader import Loaded, load_stack
 from phoenix.plan import with_placeholder_secrets
 from phoenix.plan.engine import Run, run_program
 from phoenix.plan.writer import COMMAND, command_guest, pushed_files
-from phoenix.program import load_from_stack
 from phoenix.topology import Topology
 
 #: what the demo certificates' hooks run: a marker file stands in for the service's reload.
 MESH_CERT = dict(name="mesh", owner="root", group="www-data")
 GATEWAY_WEBROOT = "/var/www/acme"
+#: the webroot certificate's name (its SAN is its guest's name, the one name that guest asks for).
+WEBROOT_CERT = "webroot-demo"
+
+
+def webroot_guest(topo) -> str:
+    """The guest of the webroot demo: the first replica of the first service (an ACME client)."""
+    return topo.lab.services[0].guests[0]
 
 
 @dataclass
@@ -37,40 +45,58 @@ class TrustRun:
         return [r for r in self.run.by_type(COMMAND) if command_guest(r, self.topo) == guest]
 
 
-def first_tiers():
-    """Inside a program: the context with the tiers the trust tier builds on (PKI, guests) made."""
-    from components.base import Context, Secrets
+@dataclass
+class FirstTiers:
+    """Inside a program: the context and the tiers the trust tier builds on (PKI, guests)."""
+    ctx: object
+    pki: object
+    guests: dict
+
+    def trust(self):
+        """The trust tier and Step-CA (its ``Issuer``), wired as ``phoenix.program.deploy`` wires
+        them, without the DNS tier."""
+        from components.trust import CaArgs, TrustArgs, TrustTier
+        from phoenix.program import generated_secret
+        pki = self.pki
+        trust = TrustTier("trust", self.ctx, TrustArgs(self.guests, pki.root_cert_pem, pki.root_fingerprint))
+        for name, step in trust.steps.items():
+            self.guests[name].ready.append(step)
+        password = generated_secret("step-ca-provisioner-password", 48)
+        issuer = trust.deploy_ca(self.ctx, CaArgs(self.guests, pki, pki.root_cert_pem, pki.root_fingerprint,
+                                                  password, dns_ready=()))
+        return trust, issuer
+
+
+def first_tiers(loaded: Loaded) -> FirstTiers:
+    from components.base import Context
     from components.guests import GuestsTier
     from components.pki import PkiTier
-    from phoenix.program import generated_secret, load, provider
+    from phoenix.program import provider
     cfg = pulumi.Config("phoenix")
-    lab, topo = load(cfg)
-    secrets = Secrets(provisioner_password=generated_secret("step-ca-provisioner-password", 48))
-    ctx = Context(lab, topo, provider(cfg, lab), secrets)
-    PkiTier("pki", ctx)
-    GuestsTier("guests", ctx)
-    return ctx
+    ctx = Context(loaded.lab, loaded.topo, loaded.artifacts, provider(cfg, loaded.lab))
+    pki = PkiTier("pki", ctx)
+    return FirstTiers(ctx, pki, GuestsTier("guests", ctx).handles)
 
 
-def trust_program(reload: str = "true", check: str = ""):
+def trust_program(loaded: Loaded, reload: str = "true", check: str = ""):
     def program():
-        from components.trust import TrustTier, internal_certificate
-        ctx = first_tiers()
-        topo = ctx.topo
-        trust = TrustTier("trust", ctx)
-        trust.deploy_ca(ctx)
-        internal_certificate(ctx, ctx.guests[topo.mesh.name], sans=[topo.mesh_name], reload=reload,
+        from components.trust import internal_certificate
+        first = first_tiers(loaded)
+        topo = loaded.topo
+        trust, issuer = first.trust()
+        internal_certificate(issuer, first.guests[topo.mesh.name], sans=[topo.mesh_name], reload=reload,
                              check=check, parent=trust, **MESH_CERT)
-        internal_certificate(ctx, ctx.guests[topo.gateway.name], name="gateway-client",
-                             sans=[topo.guest_fqdn(topo.gateway)], owner="root", group="www-data",
+        guest = webroot_guest(topo)
+        internal_certificate(issuer, first.guests[guest], name=WEBROOT_CERT,
+                             sans=[topo.guest_fqdn(topo.lab.guest(guest))], owner="root", group="www-data",
                              reload="true", parent=trust, webroot=GATEWAY_WEBROOT)
     return program
 
 
 def trust_run(stack, reload: str = "true", check: str = "") -> TrustRun:
     stack, _ = with_placeholder_secrets(stack)
-    lab, topo, _ = load_from_stack(stack)
-    return TrustRun(run_program(stack, trust_program(reload, check)), topo)
+    loaded = load_stack(stack)
+    return TrustRun(run_program(stack, trust_program(loaded, reload, check)), loaded.topo)
 
 
 @lru_cache(maxsize=4)

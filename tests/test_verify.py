@@ -33,11 +33,14 @@ from lab import Processes, add_loopback_addresses, require_isolated, require_too
 from phoenix.model import parse_lab
 from phoenix.pki import fingerprint_sha256
 from phoenix.stackfile import expand_catalog
-from phoenix.topology import build
-from phoenix.verify import (Check, VerifyOptions, main, make_probes, plan_checks, run_checks,
-                            summary)
+from phoenix.topology import CA_HEALTH_PATH, MESH_PING_PATH, build
+from phoenix.verify import (PORTAINER_ENDPOINTS, Check, VerifyOptions, all_checks, main, make_probes, plan_checks,
+                            run_checks, summary)
 from phoenix.verify_probes import query_a
-from testpki import TestCA, save
+from testpki import TestCA, pem, save
+
+#: the lab root's key, for the tests that sign a gateway client CA of their own under it
+_ROOT_KEY: list[str] = []
 
 
 def topology(name: str):
@@ -58,10 +61,11 @@ def expected_checks(lab) -> dict[tuple[str, str], dict]:
     dns_at, mesh_at = str(role["dns"].address), str(role["mesh"].address)
     mesh_name = f"{role['mesh'].name}.{internal}"
     names = {f"{g.name}.{internal}": (str(g.address),) for g in lab.guests}
-    for s in lab.services:
-        replicas = tuple(sorted(address[g] for g in s.guests))
-        names[f"{s.name}.{internal}"] = replicas
-        names.update({f"{a}.{internal}": replicas for a in s.aliases})
+    service_names = {}
+    for s in lab.services:      # a service's names lead to the mesh, which balances over the replicas
+        for n in (s.name, *s.aliases):
+            names[f"{n}.{internal}"] = (mesh_at,)
+            service_names[f"{n}.{internal}"] = s
     out: dict[tuple[str, str], dict] = {}
     for s in lab.services:
         if s.public:
@@ -69,25 +73,28 @@ def expected_checks(lab) -> dict[tuple[str, str], dict]:
             out[("dns/internal", s.public_host)] = dict(address=dns_at, expect=(str(role["gateway"].address),))
             out[("https/public", s.public_host)] = dict(address=public_address, port=443, server_name=s.public_host,
                                                        host=s.public_host, path=s.health, trust="public")
-        out[("mesh/health", f"{s.name}.{internal}")] = dict(
-            address=mesh_at, port=lab.mesh.internal_port, server_name=mesh_name, host=f"{s.name}.{internal}",
-            path=s.health, trust="phoenix", skip=None)
+    for name, s in service_names.items():     # dialled as a guest dials it: SNI and Host are the name
+        out[("service/internal", name)] = dict(address=mesh_at, port=lab.mesh.internal_port, server_name=name, host=name,
+                                               path=s.health, trust="phoenix", skip=None)
+    out[("pki/gateway-client-cert", f"{role['gateway'].name}.{internal}")] = dict(
+        expect=(f"{role['gateway'].name}.{internal}",),
+        skip="not checked: give --gateway-client-cert (the stack output gatewayClientCertificate.chainPem)")
     out[("tls/no-tls1.1", f"{public_address}:443")] = dict(address=public_address, port=443)
     for name, addrs in names.items():
         out[("dns/internal", name)] = dict(address=dns_at, port=53, expect=addrs)
         out[("dns/external-nxdomain", name)] = dict(address=dns_at, port=53, expect=())
     out[("ca/health", f"{role['ca'].name}.{internal}")] = dict(
-        address=str(role["ca"].address), port=lab.pki.ca_port, server_name=f"ca.{internal}", path="/health",
+        address=str(role["ca"].address), port=lab.pki.ca_port, server_name=f"ca.{internal}", path=CA_HEALTH_PATH,
         trust="phoenix")
     # Traefik's ping: plain on its metrics entrypoint, and behind mTLS for the gateway.
-    out[("mesh/ping", f"{mesh_name}:{lab.mesh.metrics_port}")] = dict(address=mesh_at, trust=None, path="/ping",
+    out[("mesh/ping", f"{mesh_name}:{lab.mesh.metrics_port}")] = dict(address=mesh_at, trust=None, path=MESH_PING_PATH,
                                                                      skip=None)
     out[("mesh/ping", f"{mesh_name}:{lab.mesh.gateway_port}")] = dict(address=mesh_at, trust="phoenix",
-                                                                     server_name=mesh_name, path="/ping")
+                                                                     server_name=mesh_name, path=MESH_PING_PATH)
     for g in lab.guests:
         if g.role == "agent":
             out[("portainer/agent", g.name)] = dict(
-                address=mesh_at, port=lab.mesh.internal_port, path="/api/endpoints",
+                address=mesh_at, port=lab.mesh.internal_port, path=PORTAINER_ENDPOINTS,
                 host=f"portainer-ui.{internal}", expect=(f"tcp://{g.address}:{lab.portainer.agent_port}",
                                                          f"tcp://{g.name}.{internal}:{lab.portainer.agent_port}"))
     return out
@@ -106,21 +113,23 @@ def test_plan_checks_cover_every_name_with_addresses_from_the_model(stack):
             assert getattr(got[key], name) == value, (key, name)
     # Nothing is dialled that the model does not name.
     known = {str(g.address) for g in topo.lab.guests} | {str(topo.lab.network.public_address)}
-    assert {c.address for c in checks} <= known
+    assert {c.address for c in checks if c.address} <= known   # a file check dials nothing
 
 
 def test_dev_checks_read_as_a_user_would_write_them():
     dev = by_key(plan_checks(topology("dev")))
     assert dev[("dns/external", "chat.lab.example.com")].expect == ("203.0.113.10",)
     assert dev[("dns/internal", "chat.lab.example.com")].expect == ("10.20.0.11",)
-    assert dev[("dns/internal", "chat.lab.internal")].expect == ("10.20.0.20",)      # alias of llm, followed
-    assert dev[("mesh/health", "llm.lab.internal")] == Check(
-        "mesh/health", "llm.lab.internal", "10.20.0.12", 9443, server_name="mesh.lab.internal",
+    assert dev[("dns/internal", "chat.lab.internal")].expect == ("10.20.0.12",)      # alias of llm: the mesh
+    assert dev[("dns/internal", "gpu-llm.lab.internal")].expect == ("10.20.0.20",)   # the guest: itself
+    assert dev[("service/internal", "llm.lab.internal")] == Check(
+        "service/internal", "llm.lab.internal", "10.20.0.12", 443, server_name="llm.lab.internal",
         host="llm.lab.internal", path="/health", trust="phoenix")
+    assert dev[("service/internal", "chat.lab.internal")].server_name == "chat.lab.internal"
     assert dev[("https/public", "portainer.lab.example.com")].path == "/api/system/status"
     assert dev[("ca/health", "ca.lab.internal")].address == "10.20.0.13"
     cluster = by_key(plan_checks(topology("cluster")))
-    assert cluster[("dns/internal", "llm.ai.internal")].expect == ("10.30.0.20", "10.30.0.21")   # both replicas
+    assert cluster[("dns/internal", "llm.ai.internal")].expect == ("10.30.0.12",)   # the mesh, not the replicas
 
 
 def test_sources_pick_the_view_and_credentials_turn_skips_into_checks(tmp_path):
@@ -131,9 +140,12 @@ def test_sources_pick_the_view_and_credentials_turn_skips_into_checks(tmp_path):
         ("mesh/ping", "mesh.lab.internal:8443"):
             "not checked: this entrypoint wants a client certificate (give --client-cert/--client-key)",
         ("portainer/agent", "agent-1"):
-            "not checked: no credentials (give --portainer-password-file or --portainer-api-key-file)"}
+            "not checked: no credentials (give --portainer-password-file or --portainer-api-key-file)",
+        ("pki/gateway-client-cert", "gateway.lab.internal"):
+            "not checked: give --gateway-client-cert (the stack output gatewayClientCertificate.chainPem)"}
     options = VerifyOptions(outside_source="192.0.2.50", inside_source="10.20.0.250", client_cert="c.pem",
-                            portainer_password_file="pw", root_ca="root.pem", root_fingerprint="AB:" * 31 + "AB")
+                            portainer_password_file="pw", root_ca="root.pem", root_fingerprint="AB:" * 31 + "AB",
+                            gateway_client_cert="gw.pem")
     checks = plan_checks(topo, options)
     assert not [c for c in checks if c.skip]
     for c in checks:
@@ -336,7 +348,10 @@ def start_stand_ins(topo, pki: dict, state: dict) -> list[StandIn]:
         routes.update({(h, route.entrypoint.port): route for h in hosts})
     ctx = {name: server_context(cert) for name, cert in pki.items() if isinstance(cert, tuple)}
     gateway_tls11 = server_context(pki["gateway"], allow_tls11=True)
-    mesh_mtls = server_context(pki["mesh"], client_ca=pki["root"])
+    mesh_mtls = server_context(pki["mesh"], client_ca=pki["gateway-client-ca"])
+    # Traefik (Go's crypto/x509) takes every caFiles certificate as a trust anchor, the gateway
+    # client CA (an intermediate) included: so does this stand-in.
+    mesh_mtls.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
 
     def gateway(h):
         if h.host in topo.public_hosts:
@@ -352,8 +367,8 @@ def start_stand_ins(topo, pki: dict, state: dict) -> list[StandIn]:
                 return 404, b"404 page not found"
             backend = route.backends[0]
             port_to = backend.port + state["upstream_port_shift"].get(route.service, 0)
-            return forward(h, backend.address, port_to, topo.backend_tls_name(topo.service(route.service)),
-                           phoenix)
+            return forward(h, backend.address, port_to,
+                           topo.replica_tls_name(topo.service(route.service), backend.guest), phoenix)
         return answer
 
     def portainer(service):
@@ -419,17 +434,23 @@ def lab(tmp_path_factory):
     add_loopback_addresses(*(str(g.address) for g in topo.lab.guests), str(topo.lab.network.public_address),
                            OUTSIDE, INSIDE)
     root = TestCA("Phoenix Test Root")
+    _ROOT_KEY[:] = [pem(root.key)]
     intermediate = TestCA("Phoenix Test Intermediate", parent=root)
+    gateway_ca = TestCA("Phoenix Test Gateway Client CA", parent=root, days=400)   # signs the gateway's alone
     public_root, other_root = TestCA("Test Public ACME Root"), TestCA("Some Other CA")
     root_file, public_file = root.write_cert(d / "phoenix-root.pem"), public_root.write_cert(d / "public-root.pem")
     pki = {"root": root_file,
            "gateway": issue(public_root, d, "gateway-public", topo.public_hosts),
            "gateway-elsewhere": issue(other_root, d, "gateway-elsewhere", topo.public_hosts),
-           "gateway-client": issue(intermediate, d, "gateway-client", [topo.guest_fqdn(topo.gateway)], client=True),
-           "mesh": issue(intermediate, d, "mesh", [topo.mesh_name, str(topo.mesh.address)]),
+           "gateway-client": save(gateway_ca.issue([topo.guest_fqdn(topo.gateway)], client=True, days=365),
+                                  d / "gateway-client.crt", d / "gateway-client.key"),
+           "gateway-client-ca": gateway_ca.write_cert(d / "gateway-client-ca.pem"),
+           # the mesh's certificates: its own name, and every service's names (one stand-in certificate)
+           "mesh": issue(intermediate, d, "mesh", [topo.mesh_name, str(topo.mesh.address),
+                                                   *(n for s in topo.lab.services for n in topo.service_names(s))]),
            "ca": issue(intermediate, d, "ca", topo.ca_sans)}
     for s in topo.lab.services:
-        names = [topo.backend_tls_name(s)] + [topo.guest_fqdn(topo.lab.guest(g)) for g in s.guests]
+        names = [topo.guest_fqdn(topo.lab.guest(g)) for g in s.guests]
         pki[s.name] = issue(intermediate, d, s.name, names)
         pki[f"{s.name}-elsewhere"] = issue(other_root, d, f"{s.name}-elsewhere", names)
     (d / "portainer-password").write_text(PORTAINER_PASSWORD + "\n")
@@ -439,10 +460,11 @@ def lab(tmp_path_factory):
     try:
         named, zone_dir = start_named(topo, d, procs, mounts)
         servers = start_stand_ins(topo, pki, state)
-        client = pki["gateway-client"]
+        client = tuple(map(str, pki["gateway-client"]))
         options = VerifyOptions(outside_source=OUTSIDE, inside_source=INSIDE, root_ca=str(root_file),
                                 root_fingerprint=fingerprint_sha256(root.cert_pem),
                                 public_ca=str(public_file), client_cert=client[0], client_key=client[1],
+                                gateway_client_cert=client[0],
                                 portainer_password_file=str(d / "portainer-password"), timeout=2.0)
         yield Lab(topo, options, named, zone_dir, state)
     finally:
@@ -487,7 +509,11 @@ def test_verify_passes_against_a_working_lab(lab):
     assert len(results) == len(plan_checks(lab.topo, lab.options))
     lines = [r.line for r in results]
     assert "ok   dns/external chat.lab.example.com -> 203.0.113.10" in lines
-    assert "ok   dns/internal chat.lab.internal -> 10.20.0.20" in lines
+    assert "ok   dns/internal chat.lab.internal -> 10.20.0.12" in lines
+    assert any(line.startswith("ok   service/internal chat.lab.internal -> HTTP 200 /health via 10.20.0.12:443 ")
+               for line in lines)
+    [gateway_cert] = [line for line in lines if line.startswith("ok   pki/gateway-client-cert ")]
+    assert "-> gateway.lab.internal, signed by Phoenix Test Gateway Client CA; expires " in gateway_cert
     assert "ok   dns/external-nxdomain gpu-llm.lab.internal -> NXDOMAIN from 10.20.0.10" in lines
     assert "ok   portainer/agent agent-1 -> environment 'agent-1' up (tcp://10.20.0.31:9001)" in lines
     assert any(line.startswith("ok   tls/no-tls1.1 203.0.113.10:443 -> refused") for line in lines)
@@ -497,19 +523,52 @@ def test_verify_passes_against_a_working_lab(lab):
 def test_cli_prints_a_line_per_check_a_summary_and_json(lab):
     done = lab.cli("--json", "--portainer-password-file", lab.options.portainer_password_file,
                    "--client-cert", lab.options.client_cert, "--client-key", lab.options.client_key,
+                   "--gateway-client-cert", lab.options.gateway_client_cert,
                    "--root-fingerprint", lab.options.root_fingerprint)
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads(done.stdout)
-    assert {tuple(sorted(r)) for r in doc} == {("check", "detail", "ok", "target")}
-    assert all(r["ok"] is True for r in doc) and len(doc) == len(plan_checks(lab.topo, lab.options))
+    # cert/* entries also give the days their certificate has left (phoenix.verify_expiry)
+    assert {tuple(sorted(r)) for r in doc if not r["check"].startswith("cert/")} == {("check", "detail", "ok", "target")}
+    assert {tuple(sorted(r)) for r in doc if r["check"].startswith("cert/")} == {
+        ("check", "days", "detail", "ok", "target")}
+    assert all(r["ok"] is True for r in doc) and len(doc) == len(all_checks(lab.topo, lab.options))
     # Without credentials: Portainer and the mTLS ping are skipped, not failed.
     done = lab.cli()
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert "skip portainer/agent agent-1: not checked: no credentials (give --portainer-password-file or " \
            "--portainer-api-key-file)" in lines
-    passed = len(plan_checks(lab.topo, lab.options)) - 2 - 1   # no fingerprint check without --root-fingerprint
-    assert lines[-1] == f"{passed} passed, 0 failed, 2 skipped"
+    assert "skip pki/gateway-client-cert gateway.lab.internal: not checked: give --gateway-client-cert (the stack " \
+           "output gatewayClientCertificate.chainPem)" in lines
+    # no fingerprint check without --root-fingerprint, no client certificate's expiry without the file
+    passed = len(all_checks(lab.topo, dataclasses.replace(lab.options, gateway_client_cert=None))) - 3 - 1
+    assert lines[-1] == f"{passed} passed, 0 failed, 3 skipped"
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("days, client, name, want", [
+    (30, True, "gateway.lab.internal", "due for renewal since "),        # inside the 60-day early-renewal window
+    (-0.02, True, "gateway.lab.internal", ": expired; the mesh refuses the gateway (run pulumi up"),   # 29 min ago
+    (365, True, "mesh.lab.internal", "it is for mesh.lab.internal, not the gateway (gateway.lab.internal)"),
+    (365, False, "gateway.lab.internal", "it is not a client certificate (no clientAuth key usage)"),
+])
+def test_a_gateway_client_certificate_due_expired_or_wrong_fails_its_check(lab, tmp_path, days, client, name, want):
+    ca = TestCA("Phoenix Test Gateway Client CA", parent=TestCA.from_pem(
+        Path(lab.options.root_ca).read_text(), _ROOT_KEY[0]), days=400)
+    chain, _key = ca.issue([name], client=client, days=days)
+    (tmp_path / "gw.pem").write_text(chain)
+    [result] = [r for r in lab.verify(gateway_client_cert=str(tmp_path / "gw.pem"))
+                if r.check == "pki/gateway-client-cert"]
+    assert result.ok is False and want in result.detail, result.detail
+
+
+@pytest.mark.lab
+def test_a_gateway_client_certificate_under_another_root_fails_its_check(lab, tmp_path):
+    other = TestCA("Another Gateway CA", parent=TestCA("Not The Phoenix Root"))
+    (tmp_path / "gw.pem").write_text(other.issue(["gateway.lab.internal"], client=True, days=365)[0])
+    [result] = [r for r in lab.verify(gateway_client_cert=str(tmp_path / "gw.pem"))
+                if r.check == "pki/gateway-client-cert"]
+    assert result.ok is False, result.line
 
 
 @pytest.mark.lab
@@ -537,13 +596,14 @@ def test_a_missing_alias_record_fails_exactly_its_check(lab):
     finally:
         (lab.zone_dir / "db.lab.internal.internal").write_text(old)
         lab.named.send_signal(signal.SIGHUP)
-        wait_answer(lab, "chat.lab.internal", ("NOERROR", ["10.20.0.20"]))
+        wait_answer(lab, "chat.lab.internal", ("NOERROR", ["10.20.0.12"]))
 
 
 @pytest.mark.lab
 def test_a_backend_certificate_from_another_ca_fails_the_routes_through_it(lab, broken):
     broken["backend_cert"] = {"llm": "llm-elsewhere"}
-    assert lab.failing() == {("mesh/health", "llm.lab.internal"), ("https/public", "chat.lab.example.com")}
+    assert lab.failing() == {("service/internal", "llm.lab.internal"), ("service/internal", "chat.lab.internal"),
+                             ("https/public", "chat.lab.example.com")}
 
 
 @pytest.mark.lab
@@ -551,10 +611,10 @@ def test_a_wrong_upstream_port_in_the_mesh_fails_the_routes_through_it(lab, brok
     broken["upstream_port_shift"] = {"portainer-ui": 1}
     results = {(r.check, r.target): r for r in lab.verify()}
     assert {k for k, r in results.items() if r.ok is False} == {
-        ("mesh/health", "portainer-ui.lab.internal"), ("https/public", "portainer.lab.example.com"),
+        ("service/internal", "portainer-ui.lab.internal"), ("https/public", "portainer.lab.example.com"),
         ("portainer/agent", "agent-1")}
-    assert results[("mesh/health", "portainer-ui.lab.internal")].detail.startswith(
-        "HTTP 502 for /api/system/status from 10.20.0.12:9443")
+    assert results[("service/internal", "portainer-ui.lab.internal")].detail.startswith(
+        "HTTP 502 for /api/system/status from 10.20.0.12:443")
 
 
 @pytest.mark.lab
@@ -610,7 +670,7 @@ def test_portainer_is_listed_with_an_api_key_as_well(lab, tmp_path):
     key.write_text("ptr_wrong\n")
     detail = next(r.detail for r in lab.verify(portainer_password_file=None, portainer_api_key_file=str(key))
                   if r.check == "portainer/agent")
-    assert detail == "GET /api/endpoints answered HTTP 401 (10.20.0.12:9443)"
+    assert detail == "GET /api/endpoints answered HTTP 401 (10.20.0.12:443)"
 
 
 @pytest.mark.lab

@@ -16,6 +16,7 @@ import yaml
 from conftest import SCHEMAS, edited, stack_config
 from phoenix.plan.engine import is_secret
 from phoenix.plan.writer import pushed_files, tier_of
+from phoenix.render import workloads as wl
 from phoenix.stackfile import StackConfig
 
 PASSWORD = "correct-horse-battery-staple-42"
@@ -26,15 +27,16 @@ DIR = "/etc/phoenix/portainer"
 def planned(stack: StackConfig):
     """``make_plan`` with a fixed admin password: the plan's own placeholder differs per plan,
     which would hide what really changed between two plans (and what to look for)."""
+    from phoenix.loader import load_stack
     from phoenix.plan import with_placeholder_secrets
     from phoenix.plan.engine import run_program
     from phoenix.plan.writer import Plan, collect_secrets
-    from phoenix.program import load_from_stack
+    from phoenix.program import deploy
     stack, _ = with_placeholder_secrets(stack)
     stack = StackConfig(stack.name, {**stack.values, KEY: PASSWORD}, stack.secret_keys, stack.root)
-    _, topo, _ = load_from_stack(stack)
-    run = run_program(stack)
-    return Plan(run, topo, collect_secrets(run, {KEY: PASSWORD}), [])
+    loaded = load_stack(stack)
+    run = run_program(stack, lambda: deploy(loaded))
+    return Plan(run, loaded.topo, collect_secrets(run, {KEY: PASSWORD}), [])
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +85,8 @@ def test_portainer_compose_pins_the_image_inits_and_keeps_data_on_a_named_volume
     assert svc["init"] is True                                    # trap 18
     assert "portainer_data:/data" in svc["volumes"] and "portainer_data" in doc["volumes"]
     cmd = svc["command"]
-    assert cmd[cmd.index("--admin-password-file") + 1] == "/run/phoenix/admin-password"
-    assert f"{DIR}/admin-password:/run/phoenix/admin-password:ro" in svc["volumes"]
+    assert cmd[cmd.index("--admin-password-file") + 1] == wl.PORTAINER_PASSWORD_MOUNT
+    assert f"{wl.PORTAINER_PASSWORD_FILE}:{wl.PORTAINER_PASSWORD_MOUNT}:ro" in svc["volumes"]
     assert cmd[cmd.index("--sslcert") + 1] == "/certs/portainer-ui.crt"   # Step-CA's certificate
     assert "/etc/phoenix/tls:/certs:ro" in svc["volumes"]
     assert svc["env_file"] == [f"{DIR}/agent-secret.env"]        # the server shares AGENT_SECRET
@@ -97,7 +99,8 @@ def test_the_server_step_waits_for_its_certificate(plan):
     server = plan.run.named("portainer-portainer-server")
     assert plan.run.urn_of("portainer-cert-portainer-ui") in server.dependencies
     cert_script = pushed_files(plan.run, plan.topo)["portainer"]["/usr/local/lib/phoenix/cert-portainer-ui.sh"]
-    assert "-d portainer-ui.ai.internal" in cert_script[0].content
+    # its own guest's name (portainer-ui.ai.internal resolves to the mesh, which holds that one)
+    assert "-d portainer.ai.internal " in cert_script[0].content and "-d portainer-ui." not in cert_script[0].content
 
 
 def test_agents_run_the_pinned_agent_on_the_agent_port(plan, files):
@@ -204,6 +207,27 @@ def test_compose_files_pass_debians_docker_compose_config(plan, files, tmp_path)
         assert "init: true" in out.stdout and "AGENT_SECRET:" in out.stdout
 
 
+# -- the admin password's rule -------------------------------------------------------------------
+@pytest.mark.parametrize("password, refused", [("short-pw-11", True), ("ünïcødé-10", False),
+                                                ("exactly-12by", False)])
+def test_an_admin_password_portainer_would_refuse_is_refused_before_anything_exists(password, refused):
+    """Portainer 2.21 wants 12 bytes (RequiredPasswordLength): a shorter phoenix:portainerAdminPassword
+    is one keyed line, without the value, and no plan; bytes, not characters, count."""
+    from phoenix.errors import ConfigError
+    from phoenix.plan import make_plan
+    base = stack_config("dev")
+    stack = StackConfig(base.name, {**base.values, KEY: password}, set(base.secret_keys) | {KEY}, base.root)
+    if not refused:
+        assert make_plan(stack).run.named("portainer-portainer-server") is not None
+        return
+    with pytest.raises(ConfigError) as info:
+        make_plan(stack)
+    assert info.value.problems == [
+        "phoenix:portainerAdminPassword: Portainer 2.21 wants at least 12 bytes (this one has 11); set a longer "
+        "one with: pulumi config set --secret phoenix:portainerAdminPassword ..."]
+    assert password not in str(info.value)
+
+
 # -- adding an agent -------------------------------------------------------------------------
 def test_adding_an_agent_adds_its_vm_registration_and_firewall_and_changes_nothing_else(plan):
     def add(raw):
@@ -218,14 +242,17 @@ def test_adding_an_agent_adds_its_vm_registration_and_firewall_and_changes_nothi
     added = sorted(after[u]["name"] for u in set(after) - set(before))
     assert added == sorted(["agent-4", "agent-4-user-data", "agent-4-bootstrap", "agent-4-trust",
                             "agent-4-portainer-agent", "portainer-register-agent-4",
-                            "agent-4-firewall-rules", "agent-4-firewall-options", "agent-4-ipfilter"])
+                            "agent-4-firewall-rules", "agent-4-firewall-options", "agent-4-ipfilter",
+                            "agent-4-ha"])                            # an agent is HA in the cluster stack
     rules = next(r for r in after.values() if r["name"] == "agent-4-firewall-rules")["inputs"]["rules"]
     assert {(x["source"], x["dport"]) for x in rules if x["type"] == "in" and x["dport"] == "9001"} == \
         {("10.30.0.30/32", "9001")}
     changed = [u for u in before if before[u] != after[u]]
     by_urn = {r.urn: r for r in grown.run.resources}
-    # Only the DNS tier may change (the internal view names every guest), and only by the new name.
-    assert all(tier_of(by_urn[u], grown.run) == "Dns" for u in changed), [before[u]["name"] for u in changed]
+    # Only the DNS tier may change (the internal view names every guest), and only by the new name;
+    # and the resilience tier (the backup job's guests, the HA group that now places agent-4 too).
+    assert all(tier_of(by_urn[u], grown.run) in ("Dns", "Resilience") for u in changed), \
+        [before[u]["name"] for u in changed]
     old_files, new_files = pushed_files(base.run, base.topo), pushed_files(grown.run, grown.topo)
     explained = False
     for guest, paths in new_files.items():

@@ -92,19 +92,20 @@ def test_driver_install_does_nothing_when_the_version_is_already_there(tmp_path,
     assert out.returncode == 99 and "apt-get must not run" in out.stderr
 
 
-def test_node_probe_refuses_when_device_nodes_are_missing_and_prints_only_the_version(tmp_path, dev_plan):
-    create = dev_plan.run.named("gpu-probe-pve").value("create")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    stub(bin_dir, "nvidia-smi", 'echo "555.42.06"; echo "555.42.06"\n')     # one line per GPU
-    stub(bin_dir, "nvidia-modprobe", "exit 0\n")
-    out = run_bash(create, tmp_path, path_dir=bin_dir)        # this machine has no /dev/nvidia*
-    assert out.returncode == 1 and "node pve lacks GPU device nodes: /dev/nvidia0" in out.stderr
-    assert out.stdout == ""
-    devices = tmp_path / "dev"
-    devices.mkdir()
-    remapped = create.replace("'/dev/", f"'{devices}/")
-    for name in ("nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"):
-        (devices / name).touch()
-    out = run_bash(remapped, tmp_path, path_dir=bin_dir)
-    assert out.returncode == 0 and out.stdout == "555.42.06\n", out.stderr
+def test_node_probe_refuses_when_device_nodes_are_missing_and_prints_only_the_version(tmp_path):
+    """On a played node (tests/test_gpu_node_boot.py: its own mount namespace, /dev, unit and
+    sbin directories; nothing reaches this machine's /etc or /usr/local): the probe's device
+    script fails naming the devices when the driver makes none, and the probe prints nothing."""
+    from test_gpu_node_boot import VERSION, Node, deploy
+    node = Node(tmp_path, shipped_plan("cluster"), "pve1")
+    try:
+        # a driver whose modules load but register no device (this boot's modprobe does nothing)
+        out = node.boot("printf '#!/bin/sh\\nexit 0\\n' > /usr/local/sbin/modprobe\n"
+                        + node.plan.run.named("gpu-probe-pve1").value("create"))
+        assert out.returncode == 1 and out.stdout == "", out.stdout
+        assert "phoenix-nvidia-devices: no device node for: /dev/nvidia0" in out.stderr
+        assert "node pve1: /usr/local/sbin/phoenix-nvidia-devices failed" in out.stderr
+        ok = deploy(node)
+        assert ok.returncode == 0 and ok.stdout == f"{VERSION}\n", ok.stderr
+    finally:
+        node.cleanup()

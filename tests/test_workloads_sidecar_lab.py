@@ -20,7 +20,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -177,7 +176,8 @@ def test_nginx_accepts_the_generated_config(lab):
 
 def test_the_mesh_reaches_each_service_through_the_sidecar_verifying_its_name(lab):
     for s in lab.services:
-        assert mesh_server_name(lab.topo, s.name) == f"{s.name}.ai.internal"
+        # the guest's name: the one the replica proves to Step-CA (the service's resolves to the mesh)
+        assert mesh_server_name(lab.topo, s.name) == f"{lab.guest.name}.ai.internal"
         status, body = lab.as_the_mesh(s, s.health)
         assert (status, body) == (200, f"ok {s.name}".encode())
     # the stream proxy passes bodies as they are: a 3 MB upload arrives whole
@@ -191,15 +191,20 @@ def test_the_services_listen_on_loopback_only(lab):
             pass
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((str(lab.guest.address), s.app_port), timeout=2)
-        # the catalog port speaks TLS only: a plain HTTP request gets no HTTP answer
-        with pytest.raises(Exception):
-            urllib.request.urlopen(f"http://{lab.guest.address}:{s.port}{s.health}", timeout=2).read()
+        # the catalog port listens and speaks TLS only: a plain HTTP request gets no HTTP answer
+        with socket.create_connection((str(lab.guest.address), s.port), timeout=2) as plain:
+            plain.sendall(f"GET {s.health} HTTP/1.1\r\nHost: {s.name}\r\n\r\n".encode())
+            try:
+                answer = plain.recv(64)
+            except (ConnectionResetError, TimeoutError):
+                answer = b""
+        assert not answer.startswith(b"HTTP/"), answer
 
 
 def test_the_sidecar_health_check_passes(lab):
     out = lab.check_health()
     assert out.returncode == 0, out.stderr
-    assert out.stdout.splitlines() == [f"tls-sidecar: port {s.port} ({s.name}) serves {s.name}.ai.internal"
+    assert out.stdout.splitlines() == [f"tls-sidecar: port {s.port} ({s.name}) serves {lab.guest.name}.ai.internal"
                                        for s in lab.services]
 
 
@@ -214,7 +219,7 @@ def test_a_certificate_from_another_ca_fails_the_health_check_naming_the_port(la
             if out.returncode != 0:
                 break
         assert out.returncode == 1
-        assert re.search(r"^tls-sidecar: port 8001 \(embed\) serves no certificate for embed\.ai\.internal under "
+        assert re.search(rf"^tls-sidecar: port 8001 \(embed\) serves no certificate for {lab.guest.name}\.ai\.internal under "
                          r"the Phoenix root: .*verify error", out.stderr, re.M), out.stderr
         assert "port 8002" not in out.stderr
         with pytest.raises(ssl.SSLCertVerificationError):

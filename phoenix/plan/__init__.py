@@ -1,50 +1,51 @@
-"""The offline plan: the real program under the recording engine, written out for review."""
+"""The offline plan: the real program under the recording engine, written out for review.
+
+One stack file, loaded once (``phoenix.loader``, ``Mode.PLAN``): the model, the artifacts and
+the route audit the plan prints are those the program deploys, because the program runs
+``phoenix.program.deploy`` with that same ``Loaded``.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Optional
 
-from phoenix.model import parse_lab
+from phoenix.loader import Loaded, Mode, load_stack
+from phoenix.model import Lab, parse_lab, required_secrets
 from phoenix.stackfile import NAMESPACE, StackConfig, expand_catalog
 
 
-def stack_path(root: Path, stack: str) -> Path:
-    return root / f"Pulumi.{stack}.yaml"
-
-
-def with_placeholder_secrets(stack: StackConfig) -> tuple[StackConfig, list[str]]:
-    """Operator secrets not set in the stack file are planned with a random placeholder."""
+def with_placeholder_secrets(stack: StackConfig, lab: Optional[Lab] = None) -> tuple[StackConfig, list[str]]:
+    """Secrets not set in the stack file (or set as ciphertext the plan cannot decrypt) are planned
+    with a placeholder; a warning names each one that is not set. ``lab``: the stack's model,
+    when it is parsed already."""
+    if lab is None:
+        lab = parse_lab(expand_catalog(stack.phoenix(), stack.root))
     warnings = []
     values, secret_keys = dict(stack.values), set(stack.secret_keys)
-    lab = parse_lab(expand_catalog(stack.phoenix(), stack.root))
-    from phoenix.render.stacks import required_secrets
-    needed = ["portainerAdminPassword"] if lab.role("portainer") else []
-    needed += sorted(required_secrets(lab))
-    if f"{NAMESPACE}:proxmoxApiToken" not in values:
-        needed.insert(0, "proxmoxPassword")
-    for key in needed:
-        full = f"{NAMESPACE}:{key}"
+    needed = [f"{NAMESPACE}:{key}" for key in required_secrets(lab, f"{NAMESPACE}:proxmoxApiToken" in values)]
+    for full in needed:
         if full not in values or full in stack.ciphertext:
-            # Not set, or set as ciphertext the plan cannot decrypt: plan with a placeholder.
             if full not in values:
                 warnings.append(f"{full} is not set: planned with a placeholder; set it with "
                                 f"`pulumi config set --secret {full} ...` before `pulumi up`")
             # Derived, not random: two plans of one config must be byte-identical.
             values[full] = "plan-placeholder-" + hashlib.sha256(f"{stack.name}:{full}".encode()).hexdigest()[:24]
             secret_keys.add(full)
-    return StackConfig(stack.name, values, secret_keys, stack.root,
-                       stack.ciphertext - set(f"{NAMESPACE}:{k}" for k in needed)), warnings
+    return StackConfig(stack.name, values, secret_keys, stack.root, stack.ciphertext - set(needed)), warnings
+
+
+def plan_loaded(stack: StackConfig, loaded: Loaded, facts: Optional[dict[str, str]] = None):
+    """Run the program for an already loaded stack and return a Plan (nothing is parsed again)."""
+    from phoenix.plan.engine import run_program
+    from phoenix.plan.writer import Plan, collect_secrets
+    from phoenix.program import deploy
+    stack, warnings = with_placeholder_secrets(stack, loaded.lab)
+    run = run_program(stack, program=lambda: deploy(loaded), facts=facts)
+    config_secrets = {k: v for k, v in stack.values.items() if k in stack.secret_keys and isinstance(v, str)}
+    return Plan(run, loaded.topo, collect_secrets(run, config_secrets), warnings + loaded.warnings)
 
 
 def make_plan(stack: StackConfig, facts: Optional[dict[str, str]] = None):
-    """Validate, run, and return a Plan. Raises ConfigError on bad input (before any resource)."""
-    from phoenix.plan.engine import run_program
-    from phoenix.plan.writer import Plan, collect_secrets
-    from phoenix.program import load_from_stack
-    stack, warnings = with_placeholder_secrets(stack)
-    lab, topo, more = load_from_stack(stack)
-    run = run_program(stack, facts=facts)
-    config_secrets = {k: v for k, v in stack.values.items() if k in stack.secret_keys and isinstance(v, str)}
-    return Plan(run, topo, collect_secrets(run, config_secrets), warnings + more)
+    """Load, run, and return a Plan. Raises ConfigError on bad input (before any resource)."""
+    return plan_loaded(stack, load_stack(stack, Mode.PLAN), facts)

@@ -9,8 +9,10 @@ tests both use this engine.
 
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import pulumi
 from pulumi.runtime import mocks as pmocks
@@ -20,9 +22,9 @@ from pulumi.runtime.stack import Stack, run_pulumi_func
 from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
 from phoenix.plan import fakes
+from phoenix.resource_types import GUEST_TYPES
 from phoenix.stackfile import StackConfig
 
-GUEST_TYPES = ("proxmoxve:index/containerLegacy:ContainerLegacy", "proxmoxve:index/vmLegacy:VmLegacy")
 SECRET_SIG = rpc._special_sig_key
 SECRET_VALUE = rpc._special_secret_sig
 
@@ -59,6 +61,15 @@ class Recorded:
     protect: bool
     provider: str
     delete_before_replace: bool
+    #: URNs this resource is replaced with (``replace_with``), and lifecycle options the diff reads.
+    replace_with: list[str] = field(default_factory=list)
+    retain_on_delete: bool = False
+    deleted_with: str = ""
+    #: outputs the provider computes at create time (a guest's MAC address), by input path:
+    #: what a replacement changes for whatever reads them (``phoenix.diff`` follows them).
+    computed: dict = field(default_factory=dict)
+    #: the ``replacement_trigger`` option's value: the resource is replaced whenever it changes.
+    replacement_trigger: Any = None
 
     def secret_paths(self) -> list[str]:
         """Input keys (top level) whose value is secret."""
@@ -129,7 +140,10 @@ class RecordingMonitor(pmocks.MockMonitor):
             property_dependencies={k: sorted(v.urns) for k, v in request.propertyDependencies.items()},
             secret_outputs=secret_outputs, replace_on_changes=list(request.replaceOnChanges),
             ignore_changes=list(request.ignoreChanges), protect=bool(request.protect),
-            provider=request.provider, delete_before_replace=bool(request.deleteBeforeReplace))
+            provider=request.provider, delete_before_replace=bool(request.deleteBeforeReplace),
+            replace_with=sorted(request.replace_with), retain_on_delete=bool(request.retainOnDelete),
+            deleted_with=request.deletedWith, computed=fakes.computed_outputs(request.type, state),
+            replacement_trigger=_trigger(request))
         self.order.append(urn)
         return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=obj)
 
@@ -137,6 +151,14 @@ class RecordingMonitor(pmocks.MockMonitor):
         if request.urn == self.stack_urn:
             self.stack_outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
         return super().RegisterResourceOutputs(request)
+
+
+def _trigger(request) -> Any:
+    """The ``replacement_trigger`` option's value (a protobuf Value), or None when not set."""
+    if not request.HasField("replacement_trigger"):
+        return None
+    from google.protobuf import json_format
+    return json_format.MessageToDict(request.replacement_trigger)
 
 
 @dataclass
@@ -165,11 +187,34 @@ class Run:
         return self.named(name).urn
 
 
+#: The collector's first threshold while a program runs (Python's default is 700). Pulumi's
+#: runtime allocates several container objects per Output and per registration (futures,
+#: tasks, protobuf structs): at the default, collections took half of the mock engine's CPU
+#: time for 1,000 resources (bench/bare_engine.py: 5.3 s, against 2.6 s at 10,000) and more
+#: as the heap grows; peak memory is the same (bench/plan_bench.py reports it).
+GC_FIRST_THRESHOLD = 10_000
+
+
+@contextmanager
+def batch_gc(first: int = GC_FIRST_THRESHOLD) -> Iterator[None]:
+    """Collect garbage less often for the duration of a run, then restore the settings."""
+    before = gc.get_threshold()
+    gc.set_threshold(first, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+
+
 def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None,
                 facts: Optional[dict[str, str]] = None) -> Run:
-    """Run ``program`` (Phoenix's ``main`` by default) for ``stack`` under the recording engine."""
+    """Run ``program`` for ``stack`` under the recording engine. By default it is what ``pulumi up``
+    runs: Phoenix's ``main``, with the project directory where the stack file is."""
     if program is None:
-        from phoenix.program import main as program
+        from phoenix.program import main
+
+        def program() -> None:
+            main(stack.root)
     mocks = PhoenixMocks(facts)
     monitor = RecordingMonitor(mocks)
     settings.SETTINGS.rpc_manager.clear()
@@ -180,17 +225,15 @@ def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None
     # set_mocks finishes its root stack at once; exports need one that is still open.
     settings.set_root_resource(None)
     root = Stack()
-    import phoenix.program
-    phoenix.program.OFFLINE_PLAN = True
     try:
-        _sync_await(run_pulumi_func(program))
-        outputs = {name: _resolve(value) for name, value in root.outputs.items()}
+        with batch_gc():
+            _sync_await(run_pulumi_func(program))
+            outputs = {name: _resolve(value) for name, value in root.outputs.items()}
     except BaseException as err:
         # What got registered before the failure (tests check bad input registers nothing).
         err.phoenix_registered = list(monitor.order)  # type: ignore[attr-defined]
         raise
     finally:
-        phoenix.program.OFFLINE_PLAN = False
         settings.set_root_resource(None)
     return Run(stack.name, [monitor.recorded[u] for u in monitor.order], outputs, monitor)
 

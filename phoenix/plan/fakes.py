@@ -5,6 +5,12 @@ CA flag, path length, key usages, validity). pulumi-random: real random values. 
 commands that read a fact from a node (marked ``# phoenix-fact: NAME``) answer from
 ``facts``. Everything else echoes its inputs, as Pulumi's own mocks do.
 
+Guests (ContainerLegacy, VmLegacy) get the MAC address Proxmox generates for each network
+interface at create time (the provider reads it back: ``mac_address`` is Optional+Computed). A
+fact ``rebuilt:<guest>`` (a count) plays a guest rebuilt outside Pulumi that a refresh then reads:
+it has a new MAC address. A fact ``replaced:<name>`` (a count) plays `pulumi up --replace` of a
+pulumi-random or pulumi-tls resource: new values.
+
 Values are deterministic for the same stack, resource and inputs (keys derived from a seed,
 ECDSA signed deterministically, validity starting at the current UTC day), so two plans of
 the same config are byte-identical and a plan diff shows only what really changed, as
@@ -29,9 +35,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from phoenix import resource_types as t
+from phoenix.render.workloads import DRIVER_FACT
+
 DEFAULT_FACTS = {
     # What `nvidia-smi --query-gpu=driver_version` prints on a node, for planning.
-    "gpu-driver-version": "550.127.05",
+    DRIVER_FACT: "550.127.05",
 }
 FACT = re.compile(r"#\s*phoenix-fact:\s*([\w-]+)")
 
@@ -188,23 +197,66 @@ def random_bytes(inputs: dict, salt: bytes) -> dict:
     return {"base64": base64.b64encode(raw).decode(), "hex": raw.hex()}
 
 
+#: the OUI Proxmox VE (8.1 and later) gives the MAC addresses it generates: BC:24:11 (Proxmox
+#: Server Solutions GmbH), so a planned address looks like a real one.
+PROXMOX_OUI = "BC:24:11"
+#: where each guest type keeps its network interfaces, and the path of their MAC addresses.
+GUEST_NICS = {t.CONTAINER: "networkInterfaces", t.VM: "networkDevices"}
+REBUILT = "rebuilt:"
+REPLACED = "replaced:"
+
+
+def guest_mac(name: str, index: int = 0, generation: int = 0) -> str:
+    """The MAC address the plan gives interface ``index`` of guest ``name`` (its ``generation``-th
+    build: each rebuild outside Pulumi gets a new one, as Proxmox generates a new address)."""
+    digest = hashlib.sha256(f"{name}\0{index}\0{generation}".encode()).digest()
+    return PROXMOX_OUI + "".join(f":{b:02X}" for b in digest[:3])
+
+
+def guest_outputs(type_: str, name: str, inputs: dict, facts: dict[str, str]) -> dict:
+    key = GUEST_NICS[type_]
+    generation = int(facts.get(REBUILT + name, "0") or 0)
+    nics = [{**nic, "macAddress": nic.get("macAddress") or guest_mac(name, i, generation)}
+            for i, nic in enumerate(inputs.get(key) or [])]
+    out: dict = {key: nics}
+    if type_ == t.VM:
+        out["macAddresses"] = [nic["macAddress"] for nic in nics]
+    return out
+
+
+def computed_outputs(type_: str, state: dict) -> dict:
+    """Outputs a provider computes at create time, by path: what a replacement (or a rebuild a
+    refresh reads) changes for every input that holds one of them."""
+    if type_ not in GUEST_NICS:
+        return {}
+    key = GUEST_NICS[type_]
+    return {f"{key}[{i}].macAddress": nic["macAddress"] for i, nic in enumerate(state.get(key) or [])}
+
+
 def outputs_for(type_: str, name: str, inputs: dict, facts: dict[str, str], stack: str = "") -> dict:
-    salt = seed(stack, type_, name, inputs)
-    if type_ == "tls:index/privateKey:PrivateKey":
-        return private_key(inputs, salt)
-    if type_ == "tls:index/selfSignedCert:SelfSignedCert":
-        return self_signed_cert(inputs, salt)
-    if type_ == "tls:index/certRequest:CertRequest":
-        return cert_request(inputs)
-    if type_ == "tls:index/locallySignedCert:LocallySignedCert":
-        return locally_signed_cert(inputs, salt)
-    if type_ == "random:index/randomPassword:RandomPassword":
-        return random_password(inputs, salt)
-    if type_ == "random:index/randomBytes:RandomBytes":
-        return random_bytes(inputs, salt)
-    if type_ in ("command:remote:Command", "command:local:Command"):
+    if type_ in GUEST_NICS:
+        return guest_outputs(type_, name, inputs, facts)
+    if type_ in (t.COMMAND, t.LOCAL_COMMAND):
         found = FACT.search(inputs.get("create") or "")
         return {"stdout": facts.get(found.group(1), "") if found else "", "stderr": ""}
+    if not type_.startswith(("tls:", "random:")):
+        return {}
+    # Only generated values need the seed (a hash of every input; commands carry whole bundles).
+    # ``replaced:<name>`` (a count) plays `pulumi up --replace` of it: new values, as Pulumi would make.
+    again = facts.get(REPLACED + name)
+    salt = seed(stack, type_, name, inputs, *([again] if again else []))
+    if type_ == t.PRIVATE_KEY:
+        return private_key(inputs, salt)
+    if type_ == t.SELF_SIGNED_CERT:
+        return self_signed_cert(inputs, salt)
+    if type_ == t.CERT_REQUEST:
+        return cert_request(inputs)
+    if type_ == t.LOCALLY_SIGNED_CERT:
+        return locally_signed_cert(inputs, salt)
+    if type_ == t.RANDOM_PASSWORD:
+        return random_password(inputs, salt)
+    if type_ == t.RANDOM_BYTES:
+        return random_bytes(inputs, salt)
     return {}
 
 

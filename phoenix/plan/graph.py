@@ -1,4 +1,10 @@
-"""The topology picture as Mermaid: tiers, flows and the PKI, like the architecture diagram."""
+"""The topology picture as Mermaid: tiers, flows and the PKI, like the architecture diagram.
+
+Next to the public path (Internet -> gateway -> mesh -> backends) it draws the service-to-service
+one: every guest (``internal clients``) calls a service by its internal name, which resolves to
+the mesh, on the mesh's internal entrypoint (``service_paths``); and the gateway client CA, the
+one CA the mesh's gateway entrypoint trusts.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +33,14 @@ def flow_edges(topo: Topology) -> dict[tuple[str, str], list[str]]:
     return dict(edges)
 
 
+def service_paths(topo: Topology) -> tuple[str, list[str]]:
+    """The service-to-service edge: ("<port>/tcp", every service's internal names), from the flow
+    that lets the guests reach the mesh's internal entrypoint."""
+    port = topo.entrypoints["internal"].port
+    [flow] = [f for f in topo.flows if f.source == "guests" and f.target == topo.mesh.name and f.port == port]
+    return f"{flow.port}/{flow.proto}", [n for s in topo.lab.services for n in topo.service_names(s)]
+
+
 def mermaid(topo: Topology) -> str:
     lab = topo.lab
     out = ["flowchart LR", '  internet(("Internet"))', '  mgmt(["management network"])']
@@ -34,12 +48,16 @@ def mermaid(topo: Topology) -> str:
     tiers = defaultdict(list)
     for g in lab.guests:
         tiers[g.role].append(g)
+    services_on: dict[str, list[str]] = defaultdict(list)
+    for s in lab.services:
+        for guest in dict.fromkeys(s.guests):
+            services_on[guest].append(s.name)
     titles = {"dns": "Dual-horizon DNS", "gateway": "Nginx gateway", "mesh": "Traefik mesh",
               "ca": "Step-CA", "gpu": "GPU services", "portainer": "Portainer", "agent": "Docker agents"}
     for role, guests in tiers.items():
         out.append(f'    subgraph tier_{role}["{titles[role]}"]')
         for g in guests:
-            services = [s.name for s in lab.services if g.name in s.guests]
+            services = services_on[g.name]
             extra = f"<br/>{', '.join(services)}" if services else ""
             kind = "LXC" if g.kind == "lxc" else "VM"
             out.append(f'      {_id(g.name)}["{g.name} ({kind} {g.id})<br/>{g.address}{extra}"]')
@@ -47,8 +65,14 @@ def mermaid(topo: Topology) -> str:
     out.append("  end")
     out.append('  subgraph pki["Phoenix PKI (in the program)"]')
     out.append('    root["Root CA (key in stack state)"] --> inter["Intermediate CA"]')
+    out.append('    root --> gwca["Gateway client CA"]')
     out.append("  end")
     out.append(f"  inter -- held by --> {_id(topo.ca.name)}")
+    out.append(f"  gwca -. signs its client certificate, trusted alone by the mesh's gateway entrypoint .-> "
+               f"{_id(topo.gateway.name)}")
+    label, names = service_paths(topo)
+    out.append('  clients(["internal clients: every guest"])')
+    out.append(f'  clients -- "{label}: {", ".join(names)}" --> {_id(topo.mesh.name)}')
     out.append("  root -. trusted by every guest .-> proxmox")
     outside = {"any": "internet", "management": "mgmt"}
     for (src, dst), ports in flow_edges(topo).items():

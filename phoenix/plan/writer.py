@@ -7,26 +7,29 @@ replaced by ``<<secret:NAME>>`` wherever it appears, pushed files included.
 
 from __future__ import annotations
 
-import binascii
 import json
-import shutil
+import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from phoenix.bundle import GuestFile, digest, unpack
+from phoenix.errors import ConfigError, problem
 from phoenix.plan.engine import Recorded, Run, is_secret, reveal
+from phoenix.render.resilience import summary_lines as resilience_summary
+from phoenix.resource_types import COMMAND
 from phoenix.topology import Topology
 
 SECRET_MARKER = "[secret]"
-COMMAND = "command:remote:Command"
 
 
 @dataclass
 class Secrets:
     """Known secret values by name, longest first so a value inside another is caught."""
     values: dict[str, str] = field(default_factory=dict)
+    _longest_first: list[str] | None = field(default=None, repr=False, compare=False)
 
     def add(self, name: str, value: Any) -> None:
         if isinstance(value, str) and len(value) >= 8:
@@ -35,7 +38,10 @@ class Secrets:
                 self.values.setdefault(value.rstrip("\n"), name)
 
     def redact(self, text: str) -> str:
-        for value in sorted(self.values, key=len, reverse=True):
+        # Sorted once per set of values (they only ever grow), not once per text.
+        if self._longest_first is None or len(self._longest_first) != len(self.values):
+            self._longest_first = sorted(self.values, key=len, reverse=True)
+        for value in self._longest_first:
             if value in text:
                 text = text.replace(value, f"<<secret:{self.values[value]}>>")
         return text
@@ -52,31 +58,58 @@ def collect_secrets(run: Run, config_secrets: dict[str, str]) -> Secrets:
 
 
 def bundle_of(r: Recorded) -> list[GuestFile] | None:
+    """The files a step pushes, or None when its stdin is not a bundle."""
     stdin = r.value("stdin")
     if not isinstance(stdin, str) or not stdin:
         return None
     try:
         return unpack(stdin)
-    except (binascii.Error, OSError, EOFError, ValueError):
+    except ValueError:   # base64 and UTF-8 errors are ValueErrors too
         return None
 
 
-def command_guest(r: Recorded, topo: Topology) -> str | None:
+def guest_names_by_address(topo: Topology) -> dict[str, str]:
+    return {str(g.address): g.name for g in topo.lab.guests}
+
+
+def command_guest(r: Recorded, topo: Topology, by_address: dict[str, str] | None = None) -> str | None:
+    """The guest a step runs on (by its connection's address)."""
     conn = r.value("connection") or {}
-    by_address = {str(g.address): g.name for g in topo.lab.guests}
-    return by_address.get(conn.get("host"))
+    return (by_address or guest_names_by_address(topo)).get(conn.get("host"))
 
 
-def pushed_files(run: Run, topo: Topology) -> dict[str, dict[str, tuple[GuestFile, str]]]:
-    """guest -> path -> (file, the step that pushes it)."""
-    out: dict[str, dict[str, tuple[GuestFile, str]]] = defaultdict(dict)
+def step_bundles(run: Run) -> dict[str, list[GuestFile]]:
+    """urn -> the files of every remote step that pushes a bundle: each bundle unpacked once."""
+    out = {}
     for r in run.by_type(COMMAND):
         files = bundle_of(r)
-        guest = command_guest(r, topo)
+        if files is not None:
+            out[r.urn] = files
+    return out
+
+
+def pushed_files(run: Run, topo: Topology, bundles: dict[str, list[GuestFile]] | None = None,
+                 ) -> dict[str, dict[str, tuple[GuestFile, str]]]:
+    """guest -> path -> (file, the step that pushes it). ``bundles``: ``step_bundles(run)``
+    when the caller has it already."""
+    bundles = step_bundles(run) if bundles is None else bundles
+    by_address = guest_names_by_address(topo)
+    out: dict[str, dict[str, tuple[GuestFile, str]]] = defaultdict(dict)
+    clashes: list[str] = []
+    for r in run.by_type(COMMAND):
+        files = bundles.get(r.urn)
+        guest = command_guest(r, topo, by_address)
         if files is None or guest is None:
             continue
+        mine = out[guest]
         for f in files:
-            out[guest][f.path] = (f, r.name)
+            prior = mine.get(f.path)
+            if prior is not None and prior[1] != r.name:
+                # One owner per path: the later push would silently replace the earlier's file.
+                clashes.append(problem(f"{guest}:{f.path}", f"pushed by both step {prior[1]} and step {r.name}"))
+            mine[f.path] = (f, r.name)
+    if clashes:
+        raise ConfigError(clashes)
     return out
 
 
@@ -94,9 +127,25 @@ def _scrub(value: Any, secrets: Secrets) -> Any:
     return value
 
 
-def resource_entry(r: Recorded, secrets: Secrets) -> dict:
-    inputs = {k: _scrub(v, secrets) for k, v in sorted(r.inputs.items())}
-    files = bundle_of(r) if r.type == COMMAND else None
+#: the parts of a remote step's ``connection`` (secret as a whole: it holds the deploy key) that
+#: are no secret and that a plan diff must see: where the step runs and through which jump host.
+CONNECTION_SHOWN = ("host", "port", "user", "dialErrorLimit", "perDialTimeout")
+
+
+def _scrub_connection(value: Any) -> Any:
+    shown = reveal(value)
+    if not isinstance(shown, dict):
+        return SECRET_MARKER
+    out = {k: shown[k] for k in CONNECTION_SHOWN if k in shown}
+    if isinstance(shown.get("proxy"), dict):
+        out["proxy"] = {k: shown["proxy"][k] for k in CONNECTION_SHOWN if k in shown["proxy"]}
+    return {**out, "(the rest)": SECRET_MARKER}
+
+
+def resource_entry(r: Recorded, secrets: Secrets, files: list[GuestFile] | None = None) -> dict:
+    """One resource of plan.json; ``files``: its bundle, shown as a digest and the paths."""
+    inputs = {k: (_scrub_connection(v) if k == "connection" and r.type == COMMAND else _scrub(v, secrets))
+              for k, v in sorted(r.inputs.items()) if not (files is not None and k == "stdin")}
     if files is not None:
         inputs["stdin"] = {"phoenix:bundle": {"digest": digest(files), "files": sorted(f.path for f in files)}}
     return {
@@ -106,17 +155,34 @@ def resource_entry(r: Recorded, secrets: Secrets) -> dict:
         "secretOutputs": sorted(r.secret_outputs),
         "replaceOnChanges": r.replace_on_changes, "ignoreChanges": r.ignore_changes,
         "deleteBeforeReplace": r.delete_before_replace,
+        # Lifecycle options and create-time outputs the plan diff reads (phoenix.diff: replacements
+        # that follow a guest, hazards).
+        "replaceWith": r.replace_with, "retainOnDelete": r.retain_on_delete,
+        "deletedWith": r.deleted_with or None, "computed": r.computed,
+        "replacementTrigger": _scrub(r.replacement_trigger, secrets),
     }
 
 
-def tier_of(r: Recorded, run: Run) -> str:
+def tiers(run: Run) -> dict[str, str]:
+    """urn -> the tier a resource belongs to: its outermost ancestor's (itself when it has none),
+    when that is a ``phoenix:tier:*`` component, else "stack". One pass, each urn once."""
     by_urn = {x.urn: x for x in run.resources}
-    node = r
-    while node.parent and node.parent in by_urn:
-        node = by_urn[node.parent]
-    if node.type.startswith("phoenix:tier:"):
-        return node.type.split(":")[-1]
-    return "stack"
+    out: dict[str, str] = {}
+
+    def tier(r: Recorded) -> str:
+        if r.urn not in out:
+            parent = by_urn.get(r.parent) if r.parent else None
+            out[r.urn] = (tier(parent) if parent is not None
+                          else r.type.split(":")[-1] if r.type.startswith("phoenix:tier:") else "stack")
+        return out[r.urn]
+
+    for r in run.resources:
+        tier(r)
+    return out
+
+
+def tier_of(r: Recorded, run: Run) -> str:
+    return tiers(run)[r.urn]
 
 
 @dataclass
@@ -126,11 +192,16 @@ class Plan:
     secrets: Secrets
     warnings: list[str]
 
+    @cached_property
+    def bundles(self) -> dict[str, list[GuestFile]]:
+        """urn -> files of every step that pushes a bundle (plan.json and files/ share it)."""
+        return step_bundles(self.run)
+
     def document(self) -> dict:
         return {
             "stack": self.run.stack,
             # Registration order is async and varies; URN order makes plans comparable.
-            "resources": [resource_entry(r, self.secrets)
+            "resources": [resource_entry(r, self.secrets, self.bundles.get(r.urn))
                           for r in sorted(self.run.resources, key=lambda r: r.urn)],
             "outputs": {k: _scrub(v, self.secrets) for k, v in sorted(self.run.outputs.items())},
             "secrets": sorted(set(self.secrets.values.values())),
@@ -138,31 +209,46 @@ class Plan:
         }
 
     def write(self, out: Path, with_secrets: bool = False) -> None:
-        if out.exists():
-            shutil.rmtree(out)
+        # Only a new, empty or previous plan directory (phoenix.plan.outdir); refused otherwise.
+        from phoenix.plan.outdir import prepare
+        pushed = pushed_files(self.run, self.topo, self.bundles)   # refuses two owners of a path: before any write
+        prepare(out, self.run.stack)
         (out / "files").mkdir(parents=True)
         (out / "plan.json").write_text(json.dumps(self.document(), indent=2, sort_keys=True) + "\n")
-        for guest, files in pushed_files(self.run, self.topo).items():
+        made: set[str] = set()
+        for guest, files in pushed.items():
             for path, (f, _step) in files.items():
-                target = out / "files" / guest / path.lstrip("/")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(f.content if with_secrets else self.secrets.redact(f.content))
-                target.chmod(0o600 if with_secrets else 0o644)
+                target = os.path.join(out, "files", guest, path.lstrip("/"))
+                folder = os.path.dirname(target)
+                if folder not in made:
+                    os.makedirs(folder, exist_ok=True)
+                    made.add(folder)
+                # Created with its mode (never readable by others, even for an instant, with secrets).
+                mode = 0o600 if with_secrets else 0o644
+                with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as stream:
+                    os.fchmod(stream.fileno(), mode)
+                    stream.write(f.content if with_secrets else self.secrets.redact(f.content))
         from phoenix.plan.graph import mermaid
         (out / "topology.mmd").write_text(mermaid(self.topo))
         if with_secrets:
             secret_dir = out / "secrets"
             secret_dir.mkdir(mode=0o700)
             for value, name in self.secrets.values.items():
-                (secret_dir / name.replace("/", "_")).write_text(value)
+                # Created owner-only: never readable by others, not even for an instant.
+                fd = os.open(secret_dir / name.replace("/", "_"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "w") as stream:
+                    os.fchmod(fd, 0o600)
+                    stream.write(value)
 
     def summary(self) -> str:
-        tiers = Counter(tier_of(r, self.run) for r in self.run.resources if r.custom)
+        tier = tiers(self.run)
+        counts = Counter(tier[r.urn] for r in self.run.resources if r.custom)
         lab = self.topo.lab
-        lines = [f"Phoenix plan for stack {self.run.stack!r}: {sum(tiers.values())} resources"]
-        lines += [f"  {tier:<10} {count:>4}" for tier, count in sorted(tiers.items())]
+        lines = [f"Phoenix plan for stack {self.run.stack!r}: {sum(counts.values())} resources"]
+        lines += [f"  {name:<10} {count:>4}" for name, count in sorted(counts.items())]
         lines.append(f"guests ({len(lab.guests)}): " + ", ".join(f"{g.name}[{g.id}]" for g in lab.guests))
         lines.append(f"services ({len(lab.services)}): " + ", ".join(s.name for s in lab.services))
         lines.append("public entry points: " + (", ".join(f"https://{h}/" for h in self.topo.public_hosts) or "none"))
+        lines += resilience_summary(lab, self.run.stack)
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)

@@ -23,6 +23,7 @@ dropped (see dns-reload.sh), so a serial that goes "back" confuses nothing.
 from __future__ import annotations
 
 import hashlib
+import re
 import shlex
 from dataclasses import dataclass
 from typing import Optional
@@ -112,7 +113,26 @@ def serial_of(body: str) -> int:
     return int.from_bytes(hashlib.sha256(body.encode()).digest()[:8], "big") % (2**31 - 1) + 1
 
 
+#: what a zone file line may hold: names of letters, digits, '-' and '_' (``_acme-challenge``)
+#: joined by dots, addresses, and TXT strings without line breaks. The model refuses anything
+#: else long before; this keeps a line a line whatever reaches the renderer.
+_ZONE_NAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62}))*")
+_ZONE_TYPES = {"A": re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}"), "CNAME": _ZONE_NAME,
+               "TXT": re.compile(r"[ -~]{0,255}")}
+
+
+def _check_zone(zone: Zone) -> None:
+    names = [zone.name, zone.nameserver, zone.contact, *(r.name for r in zone.records)]
+    bad = [n for n in names if not _ZONE_NAME.fullmatch(n)]
+    bad += [f"{r.type} {r.value}" for r in zone.records
+            if r.type not in _ZONE_TYPES or not _ZONE_TYPES[r.type].fullmatch(r.value)]
+    if bad:
+        raise ValueError(f"zone {zone.name!r} ({zone.view}): {', '.join(map(repr, bad))} cannot be written as "
+                         "one zone file line")
+
+
 def _rendered(topo: Topology, zone: Zone) -> tuple[int, str]:
+    _check_zone(zone)
     records = [Record(r.name, r.type, _value(r)) for r in zone.records]
     ctx = dict(zone=zone, records=records, ttl=topo.lab.dns.ttl, contact=zone.contact)
     serial = serial_of(render("dns/zone.j2", serial="SERIAL", **ctx))
@@ -127,14 +147,14 @@ def zone_serial(topo: Topology, zone: Zone) -> int:
     return _rendered(topo, zone)[0]
 
 
-def view_answers(topo: Topology) -> dict[str, dict[str, list[tuple[str, str]]]]:
+def view_answers(topo: Topology, zs: Optional[list[Zone]] = None) -> dict[str, dict[str, list[tuple[str, str]]]]:
     """What each view answers: view -> FQDN (no trailing dot) -> [(rtype, value)], from ``zones``.
 
     The records of the zones (A, CNAME), not their apex SOA and NS; CNAME values are FQDNs
     without the trailing dot. The external view's empty internal zone contributes nothing.
     """
     out: dict[str, dict[str, list[tuple[str, str]]]] = {v: {} for v in VIEWS}
-    for z in zones(topo):
+    for z in zones(topo) if zs is None else zs:
         names = out[z.view]
         for r in z.records:
             names.setdefault(r.name, []).append((r.type, r.value))
@@ -155,8 +175,8 @@ def options_conf(topo: Topology) -> str:
     return render("dns/named.conf.options.j2", **_common(topo))
 
 
-def views_conf(topo: Topology) -> str:
-    zs = zones(topo)
+def views_conf(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
+    zs = zones(topo) if zs is None else zs
     return render("dns/views.conf.j2",
                   internal_zones=[z for z in zs if z.view == "internal"],
                   external_zones=[z for z in zs if z.view == "external"],
@@ -169,22 +189,12 @@ def tsig_key_text(topo: Topology, secret: str) -> str:
                   secret=secret)
 
 
-def rfc2136_credentials(topo: Topology, secret: str) -> str:
-    """certbot-dns-rfc2136's credentials ini (``--dns-rfc2136-credentials``; keep it 0600).
-
-    Updates go to the DNS guest's internal address; being TSIG-signed they reach the external
-    view, whose public zone the ACME server checks.
-    """
-    return render("dns/rfc2136.ini.j2", dns_fqdn=topo.guest_fqdn(topo.dns), server=str(topo.dns.address),
-                  name=topo.acme_tsig_key_name, algorithm=topo.acme_tsig_algorithm.upper(), secret=secret)
-
-
 # -- apply hooks ---------------------------------------------------------------------------
-def check_command(topo: Topology) -> str:
+def check_command(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
     """Every zone file by named-checkzone (its message names the file and line), then the
     whole config with its zones as named would load it."""
     q = shlex.quote
-    zs = zones(topo)
+    zs = zones(topo) if zs is None else zs
     checks = [f"named-checkzone -k fail {q(z.name)} {q(z.file)}" for z in zs]
     # named-checkconf -z loads a dynamic zone from named's own copy, which the reload makes;
     # on the first push there is none yet: seed it with the pushed file just checked.
@@ -197,20 +207,20 @@ RELOAD_COMMAND = f"bash {RELOAD_SCRIPT}"
 HEALTH_COMMAND = f"bash {HEALTH_SCRIPT}"
 
 
-def reload_script(topo: Topology) -> str:
+def reload_script(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
     zs = [dict(name=z.name, view=z.view, file=z.file, live=z.live, serial=zone_serial(topo, z))
-          for z in zones(topo)]
+          for z in (zones(topo) if zs is None else zs)]
     return render("dns/dns-reload.sh.j2", dynamic_zones=[z for z in zs if z["live"]],
                   static_zones=[z for z in zs if not z["live"]], **_common(topo))
 
 
-def health_script(topo: Topology) -> str:
+def health_script(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
     """Known records of both views, and the static zones' serials (proof the new files are live)."""
     dns, ns_pub = topo.dns, public_nameserver(topo)
     q = shlex.quote
     checks = [dict(what=f"internal view: {topo.guest_fqdn(dns)} A", expected=str(dns.address),
                    command=f"ask {q(topo.guest_fqdn(dns))} A")]
-    for z in zones(topo):
+    for z in zones(topo) if zs is None else zs:
         if z.view == "internal":
             checks.append(dict(what=f"internal view: serial of {z.name}", expected=str(zone_serial(topo, z)),
                                command=f"serial {q(z.name)}"))
@@ -226,14 +236,27 @@ def install_script(topo: Topology) -> str:
                   **_common(topo))
 
 
-def config_files(topo: Topology, tsig_secret: str) -> list[GuestFile]:
-    """Everything the DNS guest's config push installs; only the key file holds a secret."""
-    def conf(path: str, text: str, mode: int = 0o644) -> GuestFile:
-        return GuestFile(path, text, mode, "root", "bind")
-    files = [conf(NAMED_CONF, named_conf(topo)), conf(OPTIONS_CONF, options_conf(topo)),
-             conf(VIEWS_CONF, views_conf(topo)),
-             conf(tsig_key_file(topo), tsig_key_text(topo, tsig_secret), 0o640)]
-    files += [conf(z.file, zone_text(topo, z)) for z in zones(topo)]
-    files += [GuestFile(RELOAD_SCRIPT, reload_script(topo), 0o700),
-              GuestFile(HEALTH_SCRIPT, health_script(topo), 0o700)]
+def _conf(path: str, text: str, mode: int = 0o644) -> GuestFile:
+    return GuestFile(path, text, mode, "root", "bind")
+
+
+def plain_config_files(topo: Topology, zs: Optional[list[Zone]] = None) -> list[GuestFile]:
+    """Everything the DNS guest's config push installs but the TSIG key file (``zs``: the zones
+    the route audit read, so the pushed zone files are the records it proved)."""
+    zs = zones(topo) if zs is None else zs
+    files = [_conf(NAMED_CONF, named_conf(topo)), _conf(OPTIONS_CONF, options_conf(topo)),
+             _conf(VIEWS_CONF, views_conf(topo, zs))]
+    files += [_conf(z.file, zone_text(topo, z)) for z in zs]
+    files += [GuestFile(RELOAD_SCRIPT, reload_script(topo, zs), 0o700),
+              GuestFile(HEALTH_SCRIPT, health_script(topo, zs), 0o700)]
     return files
+
+
+def key_file(topo: Topology, tsig_secret: str) -> GuestFile:
+    """The TSIG key (root and bind only): the one secret of the config push."""
+    return _conf(tsig_key_file(topo), tsig_key_text(topo, tsig_secret), 0o640)
+
+
+def config_files(topo: Topology, tsig_secret: str, zs: Optional[list[Zone]] = None) -> list[GuestFile]:
+    """Everything the DNS guest's config push installs; only the key file holds a secret."""
+    return [*plain_config_files(topo, zs), key_file(topo, tsig_secret)]

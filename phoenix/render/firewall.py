@@ -52,6 +52,8 @@ def flow_sources(topo: Topology, source: str) -> list[Optional[str]]:
         return [str(topo.lab.network.cidr)]
     if source == "management":
         return list(topo.management_sources)
+    if source == "nodes":
+        return list(topo.jump_hosts)
     return [f"{topo.lab.guest(source).address}/32"]
 
 
@@ -59,7 +61,7 @@ def flow_guests(topo: Topology, name: str) -> list[str]:
     """The guests a flow's end stands for (``guests``: every guest; a guest name: that guest)."""
     if name == "guests":
         return [g.name for g in topo.lab.guests]
-    if name in ("any", "management"):
+    if name in ("any", "management", "nodes"):
         return []
     return [topo.lab.guest(name).name]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from phoenix.bundle import GuestFile
-from phoenix.render import TLS12_CIPHERS, config_text, render
+from phoenix.render import NGINX_RELOAD_HELPER, TLS12_CIPHERS, config_text, render
 from phoenix.topology import ROOT_CA_TRUST_PATH, TLS_DIR, Topology, tls_paths
 
 # -- where things live on the gateway guest -----------------------------------------------
@@ -35,12 +35,23 @@ DEPLOY_HOOK = f"{LETSENCRYPT}/renewal-hooks/deploy/phoenix-nginx.sh"
 #: the first issuance, then to certbot's live lineage (swapped by rename, never missing).
 PUBLIC_CERT_LINK = f"{TLS_DIR}/gateway-public"
 PLACEHOLDER_DIR = f"{TLS_DIR}/gateway-public-placeholder"
-#: the gateway's client certificate towards the mesh, from Step-CA (trust tier); a
-#: self-signed placeholder until the first issuance, so nginx can start and serve the webroot
-#: Step-CA's HTTP-01 needs.
+#: the gateway's own copy of each certificate it served (the deploy hook's; certbot rewrites its
+#: live lineage in place on renewal, so only a copy can be gone back to)
+PUBLIC_CERT_STORE = f"{TLS_DIR}/gateway-public.d"
+#: what Debian's certbot timer runs here: certbot's renewal, then the deploy hook on the current
+#: lineage (a certificate nginx did not take is installed by the next run); its certbot.service
+#: drop-in replaces the unit's ExecStart.
+RENEW_SCRIPT = "/usr/local/lib/phoenix/gateway-certbot-renew.sh"
+RENEW_DROPIN = "/etc/systemd/system/certbot.service.d/phoenix-gateway.conf"
+#: the gateway's client certificate towards the mesh, signed by the program's gateway client CA
+#: (components.trust.gateway_client_certificate), the one CA the mesh's gateway entrypoint
+#: trusts; a self-signed placeholder until its step pushes it, so nginx can start first.
 CLIENT_CERT_NAME = "gateway-client"
 CLIENT_TLS = tls_paths(CLIENT_CERT_NAME)
 HEALTH_PATH = "/phoenix-health"
+#: what the health location's try_files tries first: a path under the server's root that is never
+#: a file (the answer comes from the named location after the access phase allowed the request).
+HEALTH_NEVER_A_FILE = "/.phoenix-health-is-answered-by-nginx-not-a-file"
 
 RATE_ZONE = "phoenix_per_client"
 LOG_FORMAT = "phoenix_upstream_timing"
@@ -48,8 +59,10 @@ UPSTREAM_KEEPALIVE = 32
 WORKER_CONNECTIONS = 4096
 CIPHERS = TLS12_CIPHERS
 NGINX_CHECK = "nginx -t"
-#: reload, or start nginx if it is not running (a fresh guest, a crash).
-NGINX_RELOAD = "systemctl reload-or-restart nginx"
+#: reload, or start nginx if it is not running (a fresh guest, a crash), and return once the new
+#: configuration serves: a configuration the running nginx cannot load fails here (and is
+#: rolled back), and the health check that follows judges the new one (phoenix-nginx-reload).
+NGINX_RELOAD = NGINX_RELOAD_HELPER
 DNS01_PROPAGATION_SECONDS = 10
 
 
@@ -110,8 +123,14 @@ def upstreams(servers: list[GatewayServer]) -> list[Upstream]:
 
 
 def client_certificate_names(topo: Topology) -> list[str]:
-    """The SANs of the gateway's client certificate: the names Step-CA validates on port 80."""
+    """The SANs of the gateway's client certificate (and of its placeholder): the gateway's name."""
     return [topo.guest_fqdn(topo.gateway)]
+
+
+def client_certificate_files(chain_pem: str, key_pem: str) -> list[GuestFile]:
+    """What the client-certificate step pushes: the chain nginx presents to the mesh (leaf, then
+    the gateway client CA) and its key, root's only (nginx's master reads it)."""
+    return [GuestFile(CLIENT_TLS.cert, chain_pem, 0o644), GuestFile(CLIENT_TLS.key, key_pem, 0o600)]
 
 
 # -- Nginx ---------------------------------------------------------------------------------
@@ -122,22 +141,23 @@ def render_nginx_conf(topo: Topology) -> str:
                   rate=gw.rate_limit_per_second, log_format=LOG_FORMAT)
 
 
-def render_sites(topo: Topology) -> str:
-    servers = server_blocks(topo)
+def render_sites(topo: Topology, servers: Optional[list[GatewayServer]] = None) -> str:
+    """The server blocks as nginx reads them (``servers``: the blocks the route audit proved)."""
+    servers = server_blocks(topo) if servers is None else servers
     return render("gateway/phoenix-gateway.conf.j2", servers=servers, upstreams=upstreams(servers),
                   keepalive=UPSTREAM_KEEPALIVE, health_path=HEALTH_PATH, snippets=SNIPPETS,
+                  health_never_a_file=HEALTH_NEVER_A_FILE,
                   public_cert=f"{PUBLIC_CERT_LINK}/fullchain.pem",
                   public_key=f"{PUBLIC_CERT_LINK}/privkey.pem",
                   rate_zone=RATE_ZONE, burst=topo.lab.gateway.rate_limit_burst,
-                  trusted_root=ROOT_CA_TRUST_PATH, client_cert=CLIENT_TLS.cert, client_key=CLIENT_TLS.key,
-                  internal_names=client_certificate_names(topo))
+                  trusted_root=ROOT_CA_TRUST_PATH, client_cert=CLIENT_TLS.cert, client_key=CLIENT_TLS.key)
 
 
-def nginx_files(topo: Topology) -> list[GuestFile]:
+def nginx_files(topo: Topology, servers: Optional[list[GatewayServer]] = None) -> list[GuestFile]:
     """What the ``nginx`` step pushes (checked by ``nginx -t`` before nginx reloads)."""
     return [
         GuestFile(NGINX_CONF, render_nginx_conf(topo)),
-        GuestFile(SITES_CONF, render_sites(topo)),
+        GuestFile(SITES_CONF, render_sites(topo, servers)),
         GuestFile(f"{SNIPPETS}/phoenix-proxy-headers.conf", config_text("gateway/snippets/phoenix-proxy-headers.conf")),
         GuestFile(f"{SNIPPETS}/phoenix-acme-challenge.conf",
                   render("gateway/snippets/phoenix-acme-challenge.conf.j2", webroot=ACME_WEBROOT)),
@@ -192,8 +212,12 @@ def render_rfc2136_credentials(topo: Topology, tsig_secret: str) -> str:
 
 
 def render_deploy_hook(topo: Topology) -> str:
-    return render("gateway/deploy-hook.sh.j2", cert_name=CERT_NAME, link=PUBLIC_CERT_LINK,
-                  reload="systemctl reload nginx")
+    return render("gateway/deploy-hook.sh.j2", cert_name=CERT_NAME, link=PUBLIC_CERT_LINK, store=PUBLIC_CERT_STORE,
+                  reload=NGINX_RELOAD, check=NGINX_CHECK, renew=RENEW_SCRIPT)
+
+
+def render_renew_script(topo: Topology) -> str:
+    return render("gateway/certbot-renew.sh.j2", dropin=RENEW_DROPIN, live=LIVE_DIR, deploy_hook=DEPLOY_HOOK)
 
 
 def render_public_cert_script(topo: Topology) -> str:
@@ -205,7 +229,9 @@ def render_public_cert_script(topo: Topology) -> str:
 def certbot_files(topo: Topology, tsig_secret: Optional[str]) -> list[GuestFile]:
     """certbot's configuration and hook (and, for DNS-01, the TSIG credentials, root only)."""
     files = [GuestFile(CERTBOT_INI, render_certbot_ini(topo)),
-             GuestFile(DEPLOY_HOOK, render_deploy_hook(topo), 0o755)]
+             GuestFile(DEPLOY_HOOK, render_deploy_hook(topo), 0o755),
+             GuestFile(RENEW_SCRIPT, render_renew_script(topo), 0o755),
+             GuestFile(RENEW_DROPIN, render("gateway/certbot-renew.conf.j2", renew=RENEW_SCRIPT))]
     if topo.lab.acme.challenge == "dns-01":
         if not tsig_secret:
             raise ValueError("DNS-01 needs the TSIG secret")

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shlex
-from typing import Callable
 
 import yaml
 
 from phoenix.bundle import GuestFile
-from phoenix.errors import problem
-from phoenix.model import Guest, Lab, Service
+from phoenix.model import Guest, Service
+#: Pulumi config key -> the services whose stacks need it (the model's list; the secrets travel
+#: only in the deploy step's bundle).
+from phoenix.model import stack_secrets as required_secrets  # noqa: F401  (re-exported)
 from phoenix.render import SCRIPTS, render
 from phoenix.render.workloads import PORTAINER_API_LIB, PORTAINER_DIR, SIDECAR_CIPHERS, agent_url
 from phoenix.topology import Topology, tls_paths
@@ -41,8 +43,6 @@ DIGEST_VAR, AGENT_VAR = "PHOENIX_COMPOSE_SHA256", "PHOENIX_AGENT_VM"
 #: registered), for Portainer to create or update a stack (it pulls the images first), and for
 #: the stack's containers to run after that.
 REGISTRATION_WAIT, DEPLOY_TIMEOUT, START_WAIT = 600, 900, 180
-#: the ctx.facts key where the workloads tier keeps each agent's registration step.
-REGISTRATIONS_FACT = "portainer_registrations"
 
 
 def _q(value) -> str:
@@ -53,6 +53,28 @@ def _q(value) -> str:
 def _compose_escape(value: str) -> str:
     """A literal value in a compose file: ``$`` would start an interpolation."""
     return value.replace("$", "$$")
+
+
+#: values compose's dotenv parser gives back as written when unquoted.
+_DOTENV_PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./-]*")
+
+
+def dotenv_value(value: str) -> str:
+    """A stack ``Env`` value as Portainer must get it for a container to see ``value`` byte for byte.
+
+    Portainer 2.21 writes ``Env`` into ``stack.env`` as unquoted ``name=value`` lines
+    (``api/exec/compose_stack.go`` ``createEnvFile``) and docker compose reads that file with
+    compose-go's dotenv parser (``dotenv/parser.go``), which cuts an unquoted value at `` #``,
+    drops trailing white space, interpolates ``$NAME`` and strips quotes. So anything beyond
+    plain characters goes double-quoted, with ``\\``, ``"`` and ``$`` escaped and line breaks
+    as ``\\n``/``\\r``: the parser expands exactly those escapes back (``expandEscapes``), and
+    ``\\$`` becomes ``$$``, which interpolation turns into ``$``.
+    """
+    if _DOTENV_PLAIN.fullmatch(value):
+        return value
+    escaped = (value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+               .replace("\n", "\\n").replace("\r", "\\r"))
+    return f'"{escaped}"'
 
 
 # -- what runs where ---------------------------------------------------------------------------
@@ -105,30 +127,6 @@ def certificate_reload(service: Service) -> str:
     keep the old inode until the container starts again). Nothing to do without the stack."""
     c = sidecar_container(service)
     return f"if docker inspect {c} >/dev/null 2>&1; then docker restart {c} >/dev/null; fi"
-
-
-# -- secrets -----------------------------------------------------------------------------------
-def required_secrets(lab: Lab) -> dict[str, list[str]]:
-    """Pulumi config key (without ``phoenix:``) -> the services whose stacks need it."""
-    out: dict[str, list[str]] = {}
-    for s in lab.services:
-        if s.compose is not None:
-            for key in s.compose.secret_keys:
-                out.setdefault(key, []).append(s.name)
-    return out
-
-
-def secret_problems(lab: Lab, is_set: Callable[[str], bool], is_secret: Callable[[str], bool]) -> list[str]:
-    """Stack secrets missing from the stack config, or set in plain text: one line each."""
-    out = []
-    for key, services in sorted(required_secrets(lab).items()):
-        used = f"the compose stack of {', '.join(services)}"
-        if not is_set(key):
-            out.append(problem(f"phoenix:{key}", f"required secret is missing ({used}); set it with: "
-                               f"pulumi config set --secret phoenix:{key} ..."))
-        elif not is_secret(key):
-            out.append(problem(f"phoenix:{key}", f"must be a secret ({used}); set it again with --secret"))
-    return out
 
 
 # -- the files ---------------------------------------------------------------------------------
@@ -207,11 +205,11 @@ def compose_text(topo: Topology, service: Service, agent: Guest) -> str:
 def request_body(topo: Topology, service: Service, agent: Guest, secret_values: dict[str, str],
                  agent_vm_id: str) -> dict:
     """What ``POST /api/stacks/create/standalone/string`` takes. ``Env`` holds the secrets
-    (by the variable names the compose file interpolates), the compose file's digest and the
-    agent VM's id: a change in any of them, and only that, makes the deploy update the stack
-    (a replaced agent VM gets its stack again)."""
+    (by the variable names the compose file interpolates; as ``dotenv_value`` writes them),
+    the compose file's digest and the agent VM's id: a change in any of them, and only that,
+    makes the deploy update the stack (a replaced agent VM gets its stack again)."""
     text = compose_text(topo, service, agent)
-    env = [{"name": var, "value": secret_values[ref.partition(":")[2]]}
+    env = [{"name": var, "value": dotenv_value(secret_values[ref.partition(":")[2]])}
            for var, ref in service.compose.secret_environment.items()]
     env += [{"name": DIGEST_VAR, "value": hashlib.sha256(text.encode()).hexdigest()},
             {"name": AGENT_VAR, "value": agent_vm_id}]
@@ -222,6 +220,7 @@ def deploy_script(topo: Topology, service: Service, agent: Guest) -> str:
     return render("stacks/stack-deploy.sh.j2", q=_q, stack=stack_name(service), service=service.name,
                   agent=agent.name, url=agent_url(topo, agent), api_lib=PORTAINER_API_LIB,
                   request=request_path(service, agent), containers=2 if serves_tls(service) else 1,
+                  services=" ".join(compose_doc(topo, service, agent)["services"]),
                   registration_wait=REGISTRATION_WAIT, deploy_timeout=DEPLOY_TIMEOUT, start_wait=START_WAIT)
 
 

@@ -15,7 +15,7 @@ from phoenix.bundle import GuestFile
 from phoenix.model import Lab
 from phoenix.pki import ca_policy, encrypted_jwk, jwk_pair
 from phoenix.render import SCRIPTS, render
-from phoenix.topology import ROOT_CA_TRUST_PATH, TLS_DIR, Topology, tls_paths
+from phoenix.topology import CA_HEALTH_PATH, ROOT_CA_TRUST_PATH, TLS_DIR, Topology, tls_paths
 
 ROOT_PATH = tls_paths("phoenix").root
 
@@ -47,10 +47,21 @@ ACME_CLI_INI = f"{ACME_CONFIG_DIR}/cli.ini"
 RENEW_UNIT = "phoenix-acme-renew"
 RENEW_SERVICE = f"/etc/systemd/system/{RENEW_UNIT}.service"
 RENEW_TIMER = f"/etc/systemd/system/{RENEW_UNIT}.timer"
+#: what the timer's service runs: certbot renew, then every certificate's deploy hook again.
+RENEW_SCRIPT = f"{SCRIPTS}/acme-renew.sh"
 CERTBOT = "/usr/bin/certbot"
 #: one certbot at a time per guest (several certificates, and the timer, share its state dirs).
 ACME_LOCK = "/run/lock/phoenix-acme.lock"
 ACME_LOCK_WAIT = 600
+
+
+# -- the gateway's client certificate towards the mesh ----------------------------------------
+#: signed by the program (pulumi-tls) with the gateway client CA, the one CA the mesh's gateway
+#: entrypoint trusts: a year, re-issued by the first ``pulumi up`` in its last 60 days
+#: (``early_renewal_hours``), pushed by the gateway's client-certificate step (nginx -t, reload);
+#: ``phoenix verify --gateway-client-cert`` fails once it is that close to expiry.
+GATEWAY_CLIENT_LIFETIME_HOURS = 365 * 24
+GATEWAY_CLIENT_RENEW_HOURS = 60 * 24
 
 
 def deb_urls(lab: Lab) -> tuple[str, str]:
@@ -167,7 +178,7 @@ def ca_health_script(topo: Topology, config_digest: str = "") -> str:
         host = f"[{san}]" if ":" in san else san
         address = "127.0.0.1" if san == "localhost" else topo.ca.address
         pin = "" if is_ip(san) else f"{san}:{port}:{address}"
-        targets.append((f"https://{host}:{port}/health", pin))
+        targets.append((f"https://{host}:{port}{CA_HEALTH_PATH}", pin))
     return render("trust/step-ca-health.sh.j2", root=ROOT_PATH, targets=targets, wait=CA_HEALTH_WAIT,
                   digest=config_digest)
 
@@ -194,8 +205,11 @@ def acme_client_files(topo: Topology) -> list[GuestFile]:
     cli_ini = render("trust/acme-cli.ini.j2", server=topo.acme_directory)
     service = render("trust/phoenix-acme-renew.service.j2", root=ROOT_PATH, command=renew_command())
     timer = render("trust/phoenix-acme-renew.timer.j2")
+    renew = render("trust/acme-renew.sh.j2", renew=shlex.join(certbot_renew()), scripts=SCRIPTS,
+                   config_dir=ACME_CONFIG_DIR, directory=shlex.quote(topo.acme_directory),
+                   show_account=shlex.join([CERTBOT, "show_account", *certbot_base()]))
     return [GuestFile(ACME_CLI_INI, cli_ini, 0o644), GuestFile(RENEW_SERVICE, service, 0o644),
-            GuestFile(RENEW_TIMER, timer, 0o644)]
+            GuestFile(RENEW_TIMER, timer, 0o644), GuestFile(RENEW_SCRIPT, renew, 0o700)]
 
 
 def acme_client_script() -> str:
@@ -209,11 +223,16 @@ def certbot_base() -> list[str]:
             "--logs-dir", ACME_LOGS_DIR]
 
 
-def renew_command() -> str:
+def certbot_renew() -> list[str]:
     # The timer already spreads runs (RandomizedDelaySec); certbot's own random sleep of up to
     # 8 minutes on non-interactive renewals would only delay a due renewal.
-    return shlex.join(["/usr/bin/flock", "-w", str(ACME_LOCK_WAIT), ACME_LOCK,
-                       CERTBOT, "renew", *certbot_base(), "--no-random-sleep-on-renew", "--quiet"])
+    return [CERTBOT, "renew", *certbot_base(), "--no-random-sleep-on-renew", "--quiet"]
+
+
+def renew_command() -> str:
+    """The timer's ExecStart: the renewal script (certbot renew, then every deploy hook on its
+    current lineage), under the lock every certificate step takes."""
+    return shlex.join(["/usr/bin/flock", "-w", str(ACME_LOCK_WAIT), ACME_LOCK, "/bin/bash", RENEW_SCRIPT])
 
 
 @dataclass(frozen=True)
@@ -262,13 +281,9 @@ def shared_sans(topo: Topology, guest: str, sans: Sequence[str]) -> list[str]:
     """SANs that the internal view answers with another guest's address: HTTP-01 for them
     could be answered by the wrong guest, so this guest cannot prove them."""
     mine = str(topo.lab.guest(guest).address)
-    addresses: dict[str, set[str]] = {}
-    for rec in topo.internal_records:
-        if rec.type == "A":
-            addresses.setdefault(rec.name, set()).add(rec.value)
     out = []
     for san in sans:
-        found = addresses.get(san.lower().rstrip("."))
+        found = topo.internal_addresses.get(san.lower().rstrip("."))
         if found is not None and found != {mine}:
             out.append(san)
     return out

@@ -14,7 +14,11 @@ import yaml
 
 from phoenix.bundle import GuestFile
 from phoenix.model import Guest, Service
-from phoenix.render import SCRIPTS, TLS12_CIPHERS, config_text, render
+from phoenix.model.catalog import fill_placeholders
+from phoenix.model.secrets import PORTAINER_PASSWORD_MIN_BYTES
+from phoenix.render import NGINX_RELOAD_HELPER, SCRIPTS, TLS12_CIPHERS, config_text, render
+from phoenix.render.gpu_node import (NODE_DEVICES_SCRIPT, NODE_DEVICES_UNIT, gpu_boot_unit,  # noqa: F401
+                                     gpu_probe_command, node_device_paths)
 from phoenix.topology import Topology, gpu_device_paths, tls_paths
 
 WAIT_DEVICES = f"{SCRIPTS}/wait-gpu-devices"
@@ -25,11 +29,21 @@ DEVICE_WAIT_SECONDS = 60
 GPU_START_TIMEOUT = 1800
 #: the fact the node probe reports (``# phoenix-fact:`` marker; the plan engine answers it).
 DRIVER_FACT = "gpu-driver-version"
+#: GPU device nodes in a GPU LXC: read and write for root and the group ``video`` only, which
+#: every GPU service's user is in (gpu-service.sysusers.j2). Debian's base-passwd fixes video's
+#: id at 44 on every Debian system (/usr/share/base-passwd/group.master), so the node can name it.
+GPU_DEVICE_GROUP, GPU_DEVICE_GID, GPU_DEVICE_MODE = "video", 44, "0660"
 
 PORTAINER_DIR = "/etc/phoenix/portainer"
 PORTAINER_API_LIB = f"{SCRIPTS}/portainer-api.sh"
 PORTAINER_PASSWORD_FILE = f"{PORTAINER_DIR}/admin-password"
+#: where Portainer's container reads it (a read-only bind mount of ``PORTAINER_PASSWORD_FILE``).
+PORTAINER_PASSWORD_MOUNT = "/run/phoenix/admin-password"
 AGENT_ENV_FILE = f"{PORTAINER_DIR}/agent-secret.env"
+#: root-only state on the Portainer VM: the previous admin password, and the one API session
+#: (a curl config holding the token) every Portainer script shares, with its lock.
+PORTAINER_STATE_DIR = "/var/lib/phoenix/portainer"
+PORTAINER_SESSION_FILE = f"{PORTAINER_STATE_DIR}/session"
 #: the port Portainer CE serves HTTPS on inside its container (a fact of the image).
 PORTAINER_HTTPS_PORT = 9443
 PORTAINER_PROJECT, AGENT_PROJECT = "portainer", "portainer-agent"
@@ -49,12 +63,6 @@ def gpu_lxcs(topo: Topology) -> list[Guest]:
 
 def gpu_nodes(topo: Topology) -> list[str]:
     return list(dict.fromkeys(g.node for g in gpu_lxcs(topo)))
-
-
-def gpu_probe_command(topo: Topology, node: str) -> str:
-    """The ``create`` of the node's probe: device nodes present, then the driver version on stdout."""
-    paths = list(dict.fromkeys(p for g in gpu_lxcs(topo) if g.node == node for p in gpu_device_paths(g)))
-    return render("workloads/gpu-node-probe.sh.j2", node=node, devices=" ".join(map(_q, paths)))
 
 
 def gpu_driver_script(topo: Topology, guest: Guest, version: str) -> str:
@@ -79,12 +87,23 @@ def unit_name(service: Service) -> str:
     return f"phoenix-{service.name}.service"
 
 
+def _systemd_word(text: str) -> str:
+    """One word as systemd's unquoting reads it: as it is when plain, else double-quoted with
+    C escapes (the model refuses control characters, so none reach here)."""
+    if text and not any(c in text for c in " \t\n\"'\\;"):
+        return text
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
 def systemd_quote(arg: str) -> str:
-    """One argument as systemd reads ExecStart=/Environment= (no specifiers, no $ expansion)."""
-    arg = arg.replace("%", "%%").replace("$", "$$")
-    if arg and not any(c in arg for c in " \t\n\"'\\;"):
-        return arg
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """One argument of ExecStart= as systemd reads it: no specifier (``%``), no variable (``$``)."""
+    return _systemd_word(arg.replace("%", "%%").replace("$", "$$"))
+
+
+def systemd_environment(name: str, value: str) -> str:
+    """One assignment of Environment=: specifiers escaped; ``$`` stays as it is (systemd does not
+    expand variables in Environment=, so ``$$`` would reach the service as two dollars)."""
+    return _systemd_word(f"{name}={value}".replace("%", "%%"))
 
 
 def listen_host(service: Service) -> str:
@@ -97,7 +116,7 @@ def service_argv(service: Service) -> list[str]:
     tls = tls_paths(service.name)
     values = {"model": service.run.model or "", "port": service.app_port, "cert": tls.cert, "key": tls.key,
               "host": listen_host(service)}
-    return [word.format(**values) for word in shlex.split(service.run.command)]
+    return [fill_placeholders(word, values) for word in shlex.split(service.run.command)]
 
 
 def service_url(topo: Topology, service: Service, guest: Guest) -> tuple[str, str]:
@@ -113,18 +132,23 @@ def service_url(topo: Topology, service: Service, guest: Guest) -> tuple[str, st
 def gpu_service_files(topo: Topology, service: Service, guest: Guest) -> list[GuestFile]:
     user, unit = service_user(service), unit_name(service)
     url, curl_tls = service_url(topo, service, guest)
-    env = [systemd_quote(f"{k}={v}") for k, v in sorted(service.run.environment.items())]
+    env = [systemd_environment(k, v) for k, v in sorted(service.run.environment.items())]
     return [
         GuestFile(f"/etc/systemd/system/{unit}", render(
             "workloads/gpu-service.service.j2", service=service.name, guest=guest.name, port=service.port,
             user=user, environment=env, wait_devices=WAIT_DEVICES, device_wait_seconds=DEVICE_WAIT_SECONDS,
             devices=" ".join(gpu_device_paths(guest)),
             exec_start=" ".join(systemd_quote(w) for w in service_argv(service)))),
-        GuestFile(WAIT_DEVICES, config_text("workloads/wait-gpu-devices.sh"), 0o755),
         GuestFile(gpu_health_path(service), render(
             "workloads/gpu-health.sh.j2", q=_q, service=service.name, guest=guest.name, unit=unit, url=url,
             curl_tls=curl_tls, timeout=GPU_START_TIMEOUT), 0o755),
     ]
+
+
+def gpu_guest_files() -> list[GuestFile]:
+    """What every GPU service on a guest shares, pushed once per guest (with the driver): one
+    step owns each path on a guest, so no two steps can put different files there."""
+    return [GuestFile(WAIT_DEVICES, config_text("workloads/wait-gpu-devices.sh"), 0o755)]
 
 
 def sysusers_path(service: Service) -> str:
@@ -141,14 +165,38 @@ def gpu_health_path(service: Service) -> str:
     return f"{SCRIPTS}/health-{service.name}.sh"
 
 
+def state_directory(service: Service) -> str:
+    """The unit's ``StateDirectory=``, which systemd creates and hands to the service user."""
+    return f"/var/lib/{service.name}"
+
+
+def state_directory_guard(service: Service) -> str:
+    """Refuse to start the unit over a /var/lib directory someone else owns: systemd would chown
+    it to the service user (the model reserves the names it knows; this catches the rest)."""
+    d, user = state_directory(service), service_user(service)
+    return (f'[ ! -e {d} ] || [ "$(stat -c %U {d})" = {user} ] || {{ echo "{d} belongs to '
+            f'$(stat -c %U {d}), not {user}: StateDirectory= would hand it to the service; rename the '
+            f'service" >&2; exit 1; }}')
+
+
 def gpu_service_hooks(service: Service) -> dict[str, str]:
     """phoenix-apply's hooks for a service's files: check, reload, health."""
     unit = unit_name(service)
     return {
-        "check": f"systemd-analyze verify /etc/systemd/system/{unit}",
+        "check": f"systemd-analyze verify /etc/systemd/system/{unit} && {state_directory_guard(service)}",
         "reload": f"systemctl daemon-reload && systemctl enable --quiet {unit} && systemctl restart {unit}",
         "health": f"bash {gpu_health_path(service)}",
     }
+
+
+def gpu_service_delete(service: Service) -> str:
+    """What removing a service from the catalog does on its guest (the step's ``delete``): the unit
+    stops, is disabled and its files go, so it no longer runs, holds its port or starts at boot.
+    Safe when nothing is there (a guest rebuilt outside Pulumi)."""
+    unit = unit_name(service)
+    return (f"systemctl disable --now {unit} >/dev/null 2>&1 || true; "
+            f"rm -f /etc/systemd/system/{unit} {gpu_health_path(service)}; "
+            "systemctl daemon-reload || true")
 
 
 def needs_certificate(service: Service) -> bool:
@@ -157,49 +205,10 @@ def needs_certificate(service: Service) -> bool:
 
 
 def certificate_names(topo: Topology, service: Service, guest: Guest) -> list[str]:
-    """What a replica's certificate carries: names that replica can prove by ACME HTTP-01 (they
-    resolve to it alone). Always its guest's name; the service's name and aliases only when the
-    service runs once (a replicated service's name resolves to every replica). The mesh verifies
-    one of them (``topo.replica_tls_name``)."""
-    own = [topo.guest_fqdn(guest)]
-    if len(service.guests) > 1:
-        return own
-    return [topo.service_fqdn(service)] + [topo.fqdn(a) for a in service.aliases] + own
-
-
-@dataclass(frozen=True)
-class BackendCertificate:
-    """The certificate one TLS backend (a service's replica on a guest's port) serves."""
-    service: str
-    guest: str
-    port: int
-    name: str                  # its tls_paths() name, and the certificate step's
-    sans: tuple[str, ...]
-    terminator: str            # native (the service itself), sidecar, or container
-
-
-def backend_certificates(topo: Topology) -> dict[tuple[str, int], BackendCertificate]:
-    """(guest, port) -> the certificate served there, for every TLS backend Phoenix deploys: GPU
-    services (natively or behind the sidecar), Portainer's UI, and compose stacks on the agents
-    (their nginx container; ``phoenix.render.stacks``). The route audit checks the name the mesh
-    verifies against these."""
-    from phoenix.render import stacks   # it imports this module
-    out = {}
-    for s, agent in stacks.stacks(topo):
-        if stacks.serves_tls(s):
-            out[(agent.name, s.port)] = BackendCertificate(s.name, agent.name, s.port, stacks.certificate_name(s),
-                                                           tuple(certificate_names(topo, s, agent)), "compose sidecar")
-    for g in gpu_lxcs(topo):
-        for s in gpu_services_on(topo, g):
-            if s.protocol == "https" and needs_certificate(s):
-                out[(g.name, s.port)] = BackendCertificate(s.name, g.name, s.port, s.name,
-                                                           tuple(certificate_names(topo, s, g)), s.tls_termination)
-    ui = portainer_ui(topo)
-    if ui is not None and ui.protocol == "https":
-        p = topo.portainer
-        out[(p.name, ui.port)] = BackendCertificate(ui.name, p.name, ui.port, portainer_tls_name(topo),
-                                                    tuple(portainer_certificate_names(topo)), "container")
-    return out
+    """What a replica's certificate carries: its guest's name, the one name it can prove by ACME
+    HTTP-01 (the service's names resolve to the mesh, which holds their certificate) and the
+    one the mesh verifies (``topo.replica_tls_name``)."""
+    return [topo.replica_tls_name(service, guest.name)]
 
 
 # -- the TLS sidecar (run.tls: sidecar) ----------------------------------------------------------
@@ -207,7 +216,8 @@ SIDECAR_CONF = "/etc/nginx/nginx.conf"
 SIDECAR_HEALTH = f"{SCRIPTS}/tls-sidecar-health.sh"
 SIDECAR_PACKAGES = ("nginx", "libnginx-mod-stream")
 SIDECAR_CHECK = "nginx -t -q"
-SIDECAR_RELOAD = "systemctl enable --quiet nginx && systemctl reload-or-restart nginx"
+#: reload (or start) and wait until the new configuration serves (phoenix-nginx-reload).
+SIDECAR_RELOAD = f"systemctl enable --quiet nginx && {NGINX_RELOAD_HELPER}"
 #: seconds an idle proxied connection stays open: longer than the mesh keeps idle connections
 #: (serversTransport idleConnTimeout 90s), so the mesh closes them first.
 SIDECAR_IDLE_SECONDS = 120
@@ -261,7 +271,7 @@ def sidecar_hooks() -> dict[str, str]:
 def certificate_hooks(service: Service) -> dict[str, str]:
     """What a renewed certificate runs: the sidecar's config test and reload, or the service's restart."""
     if service.tls_termination == "sidecar":
-        return {"group": "root", "check": SIDECAR_CHECK, "reload": "systemctl reload-or-restart nginx"}
+        return {"group": "root", "check": SIDECAR_CHECK, "reload": NGINX_RELOAD_HELPER}
     return {"group": service_user(service), "check": "", "reload": f"systemctl try-restart {unit_name(service)}"}
 
 
@@ -286,7 +296,7 @@ def portainer_certificate_names(topo: Topology) -> list[str]:
 def portainer_api_url(topo: Topology) -> tuple[str, str]:
     """(Portainer's API base as the Portainer guest reaches itself, curl's --resolve for it)."""
     ui = portainer_ui(topo)
-    name = topo.service_fqdn(ui) if ui else topo.guest_fqdn(topo.portainer)
+    name = topo.guest_fqdn(topo.portainer)   # the name on Portainer's certificate
     port = ui.port if ui else PORTAINER_HTTPS_PORT
     return f"https://{name}:{port}", f"{name}:{port}:127.0.0.1"
 
@@ -306,13 +316,13 @@ def portainer_compose(topo: Topology) -> str:
         "restart": "always",
         "init": True,   # reaps zombies (trap 18)
         "command": ["--http-disabled",
-                    "--admin-password-file", "/run/phoenix/admin-password",
+                    "--admin-password-file", PORTAINER_PASSWORD_MOUNT,
                     "--sslcert", f"{certs}/{tls.cert.rsplit('/', 1)[1]}",
                     "--sslkey", f"{certs}/{tls.key.rsplit('/', 1)[1]}"],
         "env_file": [AGENT_ENV_FILE],
         "ports": [f"{port}:{PORTAINER_HTTPS_PORT}"],
         "volumes": ["portainer_data:/data",
-                    f"{PORTAINER_PASSWORD_FILE}:/run/phoenix/admin-password:ro",
+                    f"{PORTAINER_PASSWORD_FILE}:{PORTAINER_PASSWORD_MOUNT}:ro",
                     f"{tls.cert.rsplit('/', 1)[0]}:{certs}:ro"],
     }
     return _yaml(f"Portainer CE on {topo.portainer.name}, generated by Phoenix.\n"
@@ -354,7 +364,7 @@ def portainer_server_files(topo: Topology, admin_password: str, agent_secret: st
         GuestFile(PORTAINER_API_LIB, render(
             "workloads/portainer-api.sh.j2", q=_q, url=url, resolve=resolve,
             root_ca=tls_paths(portainer_tls_name(topo)).root, admin_user=lab.portainer.admin_user,
-            password_file=PORTAINER_PASSWORD_FILE), 0o700),
+            password_file=PORTAINER_PASSWORD_FILE, session_file=PORTAINER_SESSION_FILE), 0o700),
     ]
 
 
@@ -362,7 +372,8 @@ def portainer_server_script(topo: Topology) -> str:
     return render("workloads/portainer-server.sh.j2", q=_q, version=topo.lab.portainer.version,
                   guest=topo.portainer.name, api_lib=PORTAINER_API_LIB,
                   compose_file=f"{PORTAINER_DIR}/compose.yaml", project=PORTAINER_PROJECT,
-                  current_password="/var/lib/phoenix/portainer/admin-password.current")
+                  current_password=f"{PORTAINER_STATE_DIR}/admin-password.current",
+                  min_length=PORTAINER_PASSWORD_MIN_BYTES)
 
 
 def agent_files(topo: Topology, agent: Guest, agent_secret: str) -> list[GuestFile]:
