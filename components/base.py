@@ -28,8 +28,9 @@ create by default). No step passes its previous output in the environment
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import pulumi
 from pulumi_command import remote
@@ -38,15 +39,26 @@ from phoenix.artifacts import Artifacts
 from phoenix.bundle import GuestFile, pack
 from phoenix.errors import ConfigError, problem
 from phoenix.model import Guest, Lab
+from phoenix.render import APPLY, SCRIPTS
 from phoenix.topology import Topology
 
-from phoenix.render import APPLY, SCRIPTS
+if TYPE_CHECKING:
+    import pulumi_proxmoxve as pve
+
+T = TypeVar("T")
+
+
+def secret(value: pulumi.Output[T]) -> pulumi.Output[T]:
+    """``pulumi.Output.secret`` of an Output, keeping its type: given an Output, mypy cannot
+    choose ``U`` in the SDK's ``Input[U]`` (``U | Awaitable[U] | Output[U]``) on its own."""
+    marked: pulumi.Output[T] = pulumi.Output.secret(value)
+    return marked
 
 
 @dataclass
 class GuestHandle:
     guest: Guest
-    resource: pulumi.CustomResource
+    resource: pve.ContainerLegacy | pve.VmLegacy
     connection: remote.ConnectionArgs
     #: what any step on this guest waits for (bootstrap, then the root of trust).
     ready: list[pulumi.Resource] = field(default_factory=list)
@@ -54,7 +66,7 @@ class GuestHandle:
     pushed: dict[str, str] = field(default_factory=dict)
     #: the MAC address Proxmox generated for the guest's first interface when it built it: a new
     #: one means a new guest (``triggers``).
-    mac: Optional[pulumi.Input[str]] = None
+    mac: pulumi.Input[str] | None = None
 
     @property
     def name(self) -> str:
@@ -109,7 +121,7 @@ def triggers(handle: GuestHandle) -> list:
 
 
 def command_options(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource], *,
-                    delete: Optional[str] = None) -> pulumi.ResourceOptions:
+                    delete: str | None = None) -> pulumi.ResourceOptions:
     """Options of every remote step: delete-first when it has a delete command (see above)."""
     return pulumi.ResourceOptions(parent=parent, depends_on=list(depends_on),
                                   delete_before_replace=bool(delete))
@@ -118,7 +130,7 @@ def command_options(parent: pulumi.Resource, depends_on: Sequence[pulumi.Resourc
 def push(name: str, handle: GuestHandle, files: Sequence[GuestFile] | pulumi.Output, *,
          check: str = "", reload: str = "", health: str = "",
          parent: pulumi.Resource, depends_on: Sequence[pulumi.Resource] = (),
-         delete: Optional[str] = None) -> remote.Command:
+         delete: str | None = None) -> remote.Command:
     """Install ``files`` on the guest transactionally; the hooks are the service's own tools."""
     create = " ".join([APPLY, shlex.quote(name)]
                       + [f"--{k} {shlex.quote(v)}" for k, v in (("check", check), ("reload", reload),
@@ -133,7 +145,7 @@ def push(name: str, handle: GuestHandle, files: Sequence[GuestFile] | pulumi.Out
 
 def script(name: str, handle: GuestHandle, text: str | pulumi.Output, *, parent: pulumi.Resource,
            depends_on: Sequence[pulumi.Resource] = (), extra_files: Sequence[GuestFile] = (),
-           delete: Optional[str] = None) -> remote.Command:
+           delete: str | None = None) -> remote.Command:
     """Push a script (with any files it needs) and run it; it must be safe to run twice."""
     path = f"{SCRIPTS}/{name}.sh"
     files: list[GuestFile] | pulumi.Output = (

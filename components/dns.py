@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.base import Context, Guests, push, script
+from components.base import Context, Guests, push, script, secret
 from phoenix.render import dns as render
 
 CONFIG_STEP = "bind-config"
@@ -36,7 +36,7 @@ class DnsTier(pulumi.ComponentResource):
         handle = args.guests[topo.dns.name]
         self.install = script(render.INSTALL_STEP, handle, render.install_script(topo), parent=self)
         # The zones the route audit read, as files, and the key only the secret completes.
-        files = pulumi.Output.secret(args.tsig_key).apply(art.dns_files)
+        files = secret(args.tsig_key).apply(art.dns_files)
         self.config = push(CONFIG_STEP, handle, files, check=art.dns_check,
                            reload=render.RELOAD_COMMAND, health=render.HEALTH_COMMAND,
                            parent=self, depends_on=[self.install])

@@ -29,6 +29,7 @@ does not have (firewall/options.go), so the state would still show the firewall 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pulumi
 import pulumi_proxmoxve as pve
@@ -53,8 +54,9 @@ class FirewallTier(pulumi.ComponentResource):
         for g in lab.guests:
             handle = args.guests[g.name]
             guest = handle.resource
-            where = dict(node_name=guest.node_name,
-                         **({"container_id": guest.vm_id} if g.kind == "lxc" else {"vm_id": guest.vm_id}))
+            # the guest's node and id (an LXC's as container_id); the same for all three resources
+            where: dict[str, Any] = {"node_name": guest.node_name,
+                                     ("container_id" if g.kind == "lxc" else "vm_id"): guest.vm_id}
             follow = pulumi.ResourceOptions(replace_with=[guest], replacement_trigger=handle.mac,
                                             delete_before_replace=True)
             after_guest = pulumi.ResourceOptions.merge(pve_opts, pulumi.ResourceOptions.merge(

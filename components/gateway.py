@@ -21,12 +21,20 @@ from dataclasses import dataclass
 
 import pulumi
 
-from components.base import SCRIPTS, Context, GuestHandle, Guests, push, script
+from components.base import SCRIPTS, Context, GuestHandle, Guests, push, script, secret
 from components.trust import ClientCertificate
 from phoenix.bundle import GuestFile
-from phoenix.render.gateway import (CERT_NAME, NGINX_CHECK, NGINX_RELOAD, certbot_files, client_certificate_files,
-                                    health_command, render_install_script, render_placeholder_script,
-                                    render_public_cert_script)
+from phoenix.render.gateway import (
+    CERT_NAME,
+    NGINX_CHECK,
+    NGINX_RELOAD,
+    certbot_files,
+    client_certificate_files,
+    health_command,
+    render_install_script,
+    render_placeholder_script,
+    render_public_cert_script,
+)
 
 #: the steps on the gateway guest, in order (resource names are ``<guest>-<step>``).
 STEP_INSTALL = "nginx-install"
@@ -75,7 +83,7 @@ class GatewayTier(pulumi.ComponentResource):
         transactionally (``nginx -t`` with it in place, then the reload; the previous files back
         on failure), again whenever ``pulumi up`` re-issues it. The key reaches the guest only in
         the bundle (stdin), root's only; nginx's master reads it as root."""
-        files = pulumi.Output.secret(pulumi.Output.all(client.chain_pem, client.key_pem)).apply(
+        files = secret(pulumi.Output.all(client.chain_pem, client.key_pem)).apply(
             lambda v: client_certificate_files(v[0], v[1]))
         return push(STEP_CLIENT_CERT, handle, files, check=NGINX_CHECK, reload=NGINX_RELOAD,
                     parent=self, depends_on=[self.nginx, client.resource])
@@ -89,9 +97,10 @@ class GatewayTier(pulumi.ComponentResource):
         topo = ctx.topo
         path = f"{SCRIPTS}/{STEP_PUBLIC_CERT}.sh"
         run = GuestFile(path, render_public_cert_script(topo), 0o700)
+        files: pulumi.Output[list[GuestFile]] | list[GuestFile]
         if topo.lab.acme.challenge == "dns-01":
-            files = pulumi.Output.secret(tsig_key).apply(
-                lambda secret: [run, *certbot_files(topo, secret)])
+            files = secret(tsig_key).apply(
+                lambda key: [run, *certbot_files(topo, key)])
         else:
             files = [run, *certbot_files(topo, None)]
         # Runs as the check hook (as ``script`` does): a failed issuance restores the

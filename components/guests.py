@@ -21,6 +21,7 @@ Day two (docs/day-two.md; the provider's rules: ``phoenix.diff.rules``):
 from __future__ import annotations
 
 import hashlib
+from functools import partial
 
 import pulumi
 import pulumi_proxmoxve as pve
@@ -28,12 +29,11 @@ import pulumi_tls as tls
 from pulumi_command import remote
 
 from components.base import APPLY, Context, GuestHandle, command_options, triggers
-from phoenix.render import APPLY_RECOVER_UNIT, NGINX_RELOAD_HELPER
 from components.workloads import gpu_node_probes
 from phoenix.bundle import GuestFile, pack
 from phoenix.model import Guest
 from phoenix.model.lab import UNPINNED
-from phoenix.render import config_text
+from phoenix.render import APPLY_RECOVER_UNIT, NGINX_RELOAD_HELPER, config_text
 from phoenix.render.guests import render_user_data
 from phoenix.render.workloads import GPU_DEVICE_GID, GPU_DEVICE_MODE
 from phoenix.topology import gpu_device_paths
@@ -102,6 +102,8 @@ class GuestsTier(pulumi.ComponentResource):
         for g in self._ctx.lab.guests:
             if not g.gpu_mapping:
                 continue
+            if g.gpu_pci_id is None or g.gpu_pci_path is None:    # the model refuses it (model/checks.py)
+                raise LookupError(f"guest {g.name}: gpuMapping {g.gpu_mapping} needs gpuPciId and gpuPciPath")
             maps = [pve.hardware.mapping.PciMapArgs(id=g.gpu_pci_id, node=g.node, path=g.gpu_pci_path)]
             out[g.gpu_mapping] = pve.hardware.mapping.Pci(
                 f"gpu-mapping-{g.gpu_mapping}",
@@ -161,13 +163,13 @@ class GuestsTier(pulumi.ComponentResource):
     def _vm(self, g: Guest, opts) -> pve.VmLegacy:
         lab, topo = self._ctx.lab, self._ctx.topo
         net = lab.network
-        text = self.deploy_key.public_key_openssh.apply(lambda key, g=g: render_user_data(topo, g, key))
+        text = self.deploy_key.public_key_openssh.apply(partial(render_user_data, topo, g))
         user_data = pve.FileLegacy(
             f"{g.name}-user-data",
             pve.FileLegacyArgs(
                 node_name=g.node, datastore_id=lab.proxmox.snippet_datastore, content_type="snippets",
                 source_raw=pve.FileLegacySourceRawArgs(
-                    file_name=text.apply(lambda t, g=g: snippet_name(g, t)), data=text)),
+                    file_name=text.apply(partial(snippet_name, g)), data=text)),
             opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(retain_on_delete=True)))
         hostpcis = ([pve.VmLegacyHostpciArgs(device="hostpci0", mapping=g.gpu_mapping, pcie=True)]
                     if g.gpu_mapping else None)
@@ -246,7 +248,7 @@ def snippet_name(g: Guest, text: str) -> str:
     return f"phoenix-{g.name}-user-data-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
 
 
-def first_mac(resource: pulumi.CustomResource) -> pulumi.Output[str]:
+def first_mac(resource: pve.ContainerLegacy | pve.VmLegacy) -> pulumi.Output[str]:
     """The MAC address of the guest's first interface, as the provider reads it from Proxmox."""
     nics = (resource.network_interfaces if isinstance(resource, pve.ContainerLegacy)
             else resource.network_devices)

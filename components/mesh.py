@@ -21,13 +21,13 @@ mesh's HTTP-01 challenge by resolving its name through the internal view).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import pulumi
 import pulumi_random as random
 
-from components.base import Context, Guests, push, script
+from components.base import Context, Guests, push, script, secret
 from phoenix.bundle import GuestFile
 from phoenix.render import mesh as render
 
@@ -68,7 +68,7 @@ class MeshTier(pulumi.ComponentResource):
         ]
         # Traefik reads the client CA when it loads the TLS options: a new one (the CA re-issued)
         # restarts it with the static step.
-        static_files = pulumi.Output.all(pulumi.Output.secret(self.dashboard_password.bcrypt_hash),
+        static_files = pulumi.Output.all(secret(self.dashboard_password.bcrypt_hash),
                                          args.gateway_client_ca_pem).apply(
             lambda v: [*plain, GuestFile(render.USERS_PATH, render.users_text(v[0]), 0o640, group=render.USER),
                        GuestFile(render.GATEWAY_CLIENT_CA_PATH, v[1], 0o644)])
@@ -83,7 +83,7 @@ class MeshTier(pulumi.ComponentResource):
 
         self.exports = {
             "meshDashboard": {"url": render.dashboard_url(topo), "user": render.DASHBOARD_USER},
-            "meshDashboardPassword": pulumi.Output.secret(self.dashboard_password.result),
+            "meshDashboardPassword": secret(self.dashboard_password.result),
             "meshEntrypoints": {n: f"https://{topo.mesh_name}:{ep.port}" for n, ep in topo.entrypoints.items()},
         }
         self.register_outputs({"dashboard_url": render.dashboard_url(topo)})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_tls as tls
 
-from components.base import Context
+from components.base import Context, secret
 from phoenix.pki import fingerprint_sha256
 
 
@@ -29,7 +29,10 @@ class PkiTier(pulumi.ComponentResource):
         super().__init__("phoenix:tier:Pki", name, None, opts)
         pki = ctx.lab.pki
         keep = pulumi.ResourceOptions(parent=self, protect=True)
-        subject = lambda cn: tls.SelfSignedCertSubjectArgs(common_name=cn, organization=pki.organization)
+
+        def subject(cn: str) -> tls.SelfSignedCertSubjectArgs:
+            return tls.SelfSignedCertSubjectArgs(common_name=cn, organization=pki.organization)
+
         self.root_key = tls.PrivateKey("root-ca-key", tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P384"),
                                        opts=keep)
         self.root_cert = tls.SelfSignedCert(
@@ -92,7 +95,7 @@ class PkiTier(pulumi.ComponentResource):
         self.root_cert_pem = self.root_cert.cert_pem
         self.root_fingerprint = self.root_cert.cert_pem.apply(fingerprint_sha256)
         self.intermediate_cert_pem = self.intermediate_cert.cert_pem
-        self.intermediate_key_pem = pulumi.Output.secret(self.intermediate_key.private_key_pem)
+        self.intermediate_key_pem = secret(self.intermediate_key.private_key_pem)
         self.gateway_client_ca_pem = self.gateway_client_ca.cert_pem
         self.register_outputs({"root_cert_pem": self.root_cert_pem, "root_fingerprint": self.root_fingerprint,
                                "intermediate_cert_pem": self.intermediate_cert_pem})

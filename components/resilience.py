@@ -30,6 +30,7 @@ Nothing here is an input of a guest: no change to HA, replication or backups can
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pulumi
@@ -37,8 +38,7 @@ import pulumi_proxmoxve as pve
 
 from components.base import Context, Guests
 from phoenix.model.resilience import plan_resilience
-from phoenix.render.resilience import (Placement, backup_job_id, placement_of, placements, replication_job,
-                                       stack_output)
+from phoenix.render.resilience import Placement, backup_job_id, placement_of, placements, replication_job, stack_output
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,12 @@ class ResilienceArgs:
     guests: Guests
 
 
-def _sid(kind: str):
+def _sid(kind: str) -> Callable[[int], str]:
     return lambda vmid: f"{kind}:{int(vmid)}"
+
+
+def _replication_id(index: int) -> Callable[[int], str]:
+    return lambda vmid: replication_job(int(vmid), index)     # numbers arrive as floats under mocks
 
 
 class ResilienceTier(pulumi.ComponentResource):
@@ -74,14 +78,14 @@ class ResilienceTier(pulumi.ComponentResource):
                 pve.Replication(
                     f"{p.guest}-replication-{target}",
                     pve.ReplicationArgs(
-                        resource_id=guest.vm_id.apply(lambda vmid, i=i: replication_job(int(vmid), i)),
+                        resource_id=guest.vm_id.apply(_replication_id(i)),
                         target=target, type="local", schedule=res.replication.schedule,
                         rate=res.replication.rate_limit, comment=f"{p.guest} to {target}, {comment}"),
                     opts=options(depends_on=[guest], replace_with=[guest], delete_before_replace=True))
                 for i, target in enumerate(p.replicate_to)]
 
         found = placements(plan, stack)
-        self.placements: dict[str, pulumi.CustomResource] = {}
+        self.placements: dict[str, pve.Hagroup | pve.Harule] = {}
         groups = plan.placement == "groups"
         if groups:
             for pl in found:
@@ -100,7 +104,7 @@ class ResilienceTier(pulumi.ComponentResource):
                 f"{p.guest}-ha",
                 pve.HaresourceArgs(
                     resource_id=guest.vm_id.apply(_sid(p.sid.split(":")[0])), state="started",
-                    group=group.group if group is not None else None,
+                    group=group.group if isinstance(group, pve.Hagroup) else None,
                     # Proxmox VE 9 keeps failback per resource (groups carry it on 8: no_failback).
                     failback=None if groups else True,
                     max_restart=res.ha.max_restart, max_relocate=res.ha.max_relocate,

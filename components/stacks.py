@@ -18,17 +18,21 @@ through the other tiers.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
+from functools import partial
 
 import pulumi
 from pulumi_command import remote
 
-from components.base import Context, Guests, push
+from components.base import Context, Guests, push, secret
 from components.trust import Issuer
 from components.workloads import service_certificate
+from phoenix.bundle import GuestFile
+from phoenix.model import Guest, Service
 from phoenix.render import stacks as st
 from phoenix.render.workloads import certificate_names
+from phoenix.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,11 @@ class StacksArgs:
     #: every secret the stacks name (``phoenix.model.stack_secrets``), as secret Outputs from the
     #: stack's config; the loader has refused a missing or plain one before any resource exists.
     secrets: Mapping[str, pulumi.Output]
+
+
+def _stack_files(topo: Topology, service: Service, agent: Guest, keys: list[str], values: list) -> list[GuestFile]:
+    """The deploy step's files, from the agent VM's id and the stack's secrets (named by ``keys``)."""
+    return st.stack_files(topo, service, agent, dict(zip(keys, values[1:], strict=True)), str(values[0]))
 
 
 class StacksTier(pulumi.ComponentResource):
@@ -60,7 +69,7 @@ class StacksTier(pulumi.ComponentResource):
 
     def _deploy(self, ctx: Context, args: StacksArgs, pairs) -> None:
         topo, secrets = ctx.topo, args.secrets
-        portainer = args.guests[topo.portainer.name]
+        portainer = args.guests[topo.require_portainer().name]
         registrations = args.registrations
         last_cert: dict[str, pulumi.Resource] = {}
         for s, agent in pairs:
@@ -79,10 +88,9 @@ class StacksTier(pulumi.ComponentResource):
             waits += [registration] if registration is not None else list(handle.ready)
             keys = s.compose.secret_keys
             files = pulumi.Output.all(handle.resource.id, *(secrets[k] for k in keys)).apply(
-                lambda v, s=s, agent=agent, keys=keys: st.stack_files(
-                    topo, s, agent, dict(zip(keys, v[1:])), str(v[0])))
+                partial(_stack_files, topo, s, agent, keys))
             if keys:
-                files = pulumi.Output.secret(files)
+                files = secret(files)
             self.deployments[(s.name, agent.name)] = push(
                 st.step_name(s, agent), portainer, files, check=f"bash {st.script_path(s, agent)}",
                 parent=self, depends_on=waits, delete=st.delete_command(s, agent))

@@ -17,14 +17,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import pulumi
 import pulumi_tls as tls
 from pulumi_command import remote
 
-from components.base import Context, GuestHandle, Guests, push, script, triggers
+from components.base import Context, GuestHandle, Guests, push, script, secret, triggers
 from components.pki import PkiTier
 from phoenix.bundle import GuestFile, digest
 from phoenix.errors import ConfigError, problem
@@ -109,7 +109,7 @@ class TrustTier(pulumi.ComponentResource):
         ).apply(lambda v: r.ca_files(
             lab, topo, root_pem=v[0], fingerprint=v[1], intermediate_pem=v[2], intermediate_key_pem=v[3],
             jwk_key_pem=v[4], provisioner_password=v[5]))
-        config_digest = pulumi.Output.secret(ca_files).apply(digest)
+        config_digest = secret(ca_files).apply(digest)
         health_script = config_digest.apply(lambda d: r.ca_health_script(topo, d))
         bundle = pulumi.Output.all(ca_files, health_script).apply(
             lambda v: [*v[0], GuestFile(r.CA_HEALTH, v[1], 0o700)])
@@ -151,11 +151,11 @@ def gateway_client_certificate(ctx: Context, pki: PkiTier, parent: pulumi.Resour
         validity_period_hours=r.GATEWAY_CLIENT_LIFETIME_HOURS, early_renewal_hours=r.GATEWAY_CLIENT_RENEW_HOURS,
         allowed_uses=["digital_signature", "client_auth"], set_subject_key_id=True), opts=opts)
     chain = pulumi.Output.all(cert.cert_pem, pki.gateway_client_ca_pem).apply(lambda v: v[0] + v[1])
-    return ClientCertificate(chain, pulumi.Output.secret(key.private_key_pem), cert.validity_end_time, cert)
+    return ClientCertificate(chain, secret(key.private_key_pem), cert.validity_end_time, cert)
 
 
 def certificate_problems(issuer: Issuer, guest: str, name: str, sans: Sequence[str],
-                         webroot: Optional[str]) -> list[str]:
+                         webroot: str | None) -> list[str]:
     """Why Step-CA could not issue this certificate by HTTP-01 to this guest, one line each."""
     topo, at = issuer.topo, f"internal_certificate({name!r} on {guest!r})"
     out = []
@@ -189,7 +189,7 @@ def certificate_problems(issuer: Issuer, guest: str, name: str, sans: Sequence[s
 
 def internal_certificate(issuer: Issuer, handle: GuestHandle, name: str, sans: Sequence[str], *,
                          group: str, reload: str, parent: pulumi.Resource, owner: str = "root",
-                         depends_on: Sequence[pulumi.Resource] = (), webroot: Optional[str] = None,
+                         depends_on: Sequence[pulumi.Resource] = (), webroot: str | None = None,
                          check: str = "") -> pulumi.Resource:
     """A certificate from Step-CA for ``sans``, kept at ``tls_paths(name)`` on ``handle``'s guest.
 

@@ -15,13 +15,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from functools import partial
 
 import pulumi
 from pulumi_command import remote
 
-from components.base import Context, GuestHandle, Guests, push, script
+from components.base import Context, GuestHandle, Guests, push, script, secret
 from components.trust import Issuer, internal_certificate
 from phoenix.bundle import GuestFile
 from phoenix.model import Guest, Lab
@@ -82,8 +83,9 @@ class WorkloadsArgs:
     issuer: Issuer
     #: per GPU node, the driver version its probe read (``GuestsTier.driver_versions``).
     driver_versions: Mapping[str, pulumi.Output]
-    #: secret Outputs: Portainer's admin password (the operator's) and the agent secret (generated).
-    portainer_admin_password: pulumi.Output
+    #: secret Outputs: Portainer's admin password (the operator's; None when not set, which the
+    #: loader allows only in a lab without Portainer) and the agent secret (generated).
+    portainer_admin_password: pulumi.Output | None
     agent_secret: pulumi.Output
 
 
@@ -142,11 +144,14 @@ class WorkloadsTier(pulumi.ComponentResource):
 
     def _portainer(self, ctx: Context, args: WorkloadsArgs) -> None:
         topo = ctx.topo
-        p = topo.portainer
+        p = topo.require_portainer()
         handle = args.guests[p.name]
-        cert = service_certificate(args.issuer, handle, wl.portainer_tls_name(topo), wl.portainer_certificate_names(topo),
-                                   group="root", reload=f"docker restart {wl.PORTAINER_CONTAINER}", parent=self)
-        server_files = pulumi.Output.secret(pulumi.Output.all(args.portainer_admin_password,
+        if args.portainer_admin_password is None:
+            raise LookupError("phoenix:portainerAdminPassword is not set, and the lab has a Portainer guest")
+        cert = service_certificate(args.issuer, handle, wl.portainer_tls_name(topo),
+                                   wl.portainer_certificate_names(topo), group="root",
+                                   reload=f"docker restart {wl.PORTAINER_CONTAINER}", parent=self)
+        server_files = secret(pulumi.Output.all(args.portainer_admin_password,
                                                               args.agent_secret).apply(
             lambda s: wl.portainer_server_files(topo, s[0], s[1])))
         server = _run("portainer-server", handle, wl.portainer_server_script(topo), server_files,
@@ -155,7 +160,7 @@ class WorkloadsTier(pulumi.ComponentResource):
         registrations = self.registrations
         for a in topo.agents:
             agent_handle = args.guests[a.name]
-            files = pulumi.Output.secret(args.agent_secret.apply(lambda s, a=a: wl.agent_files(topo, a, s)))
+            files = secret(args.agent_secret.apply(partial(wl.agent_files, topo, a)))
             agent = _run("portainer-agent", agent_handle, wl.agent_script(topo, a), files, parent=self)
             path = f"{wl.SCRIPTS}/register-{a.name}.sh"
             registrations[a.name] = script(

@@ -18,10 +18,10 @@ from phoenix.render import dns as dns_render
 from phoenix.render import firewall as firewall_render
 from phoenix.render import gateway as gateway_render
 from phoenix.render import mesh as mesh_render
+from phoenix.render.backends import BackendCertificate, backend_certificates
 from phoenix.render.dns import Zone
 from phoenix.render.firewall import FirewallRule
 from phoenix.render.gateway import GatewayServer
-from phoenix.render.backends import BackendCertificate, backend_certificates
 from phoenix.topology import Topology
 
 Answers = dict[str, dict[str, list[tuple[str, str]]]]

@@ -32,12 +32,15 @@ dangling reference, a wrong upstream port) is reported once, not again downstrea
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from phoenix.artifacts import Artifacts
 from phoenix.audit_backends import backend_lines, covers, firewall_allows, service_problems
-from phoenix.audit_internal import (internal_route_problems, internal_summary_lines, mesh_certificate_problems,
-                                    router_rule_problems)
+from phoenix.audit_internal import (
+    internal_route_problems,
+    internal_summary_lines,
+    mesh_certificate_problems,
+    router_rule_problems,
+)
 from phoenix.audit_mesh import Mesh, listing, reference_problems
 from phoenix.render.mesh import ACME_HTTP_PORT, GATEWAY_CLIENT_CA_PATH
 from phoenix.topology import Topology
@@ -197,7 +200,7 @@ def _acme_label(topo: Topology) -> str:
     return {"staging": "Let's Encrypt staging", "production": "Let's Encrypt"}.get(server, f"ACME {server}")
 
 
-def _router_for(mesh: Mesh, host: str, entrypoint: Optional[str]) -> tuple[Optional[str], dict]:
+def _router_for(mesh: Mesh, host: str, entrypoint: str | None) -> tuple[str | None, dict]:
     found = sorted((n, r) for n, r in mesh.routers_for(host).items()
                    if entrypoint in (r.get("entryPoints") or []))
     return found[0] if found else (None, {})

@@ -9,7 +9,7 @@ HTTP-01; a service's names resolve to the mesh). Plain HTTP only where the catal
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import urlsplit
 
 from phoenix.artifacts import Artifacts
@@ -36,7 +36,7 @@ def resolve(art: Artifacts, view: str, name: str, depth: int = 0) -> set[str]:
     return out
 
 
-def _proof_problem(topo: Topology, art: Artifacts, hop: "BackendHop") -> Optional[str]:
+def _proof_problem(topo: Topology, art: Artifacts, hop: BackendHop) -> str | None:
     """The name the mesh verifies a TLS backend by must resolve to that backend's guest alone:
     it is the name the backend proves to Step-CA by HTTP-01 (a service's names resolve to the mesh)."""
     name = (hop.transport or {}).get("serverName")
@@ -45,12 +45,13 @@ def _proof_problem(topo: Topology, art: Artifacts, hop: "BackendHop") -> Optiona
     at = urlsplit(hop.url).hostname
     got = resolve(art, "internal", name)
     if got and got != {at}:   # no answer at all: dns_problems names the missing record
-        return (f"{hop.label}: verifies {name}, which the internal view resolves to {', '.join(sorted(got)) or 'nothing'}"
-                f", not to the backend ({at}): the backend could not prove it to Step-CA by HTTP-01")
+        return (f"{hop.label}: verifies {name}, which the internal view resolves to "
+                f"{', '.join(sorted(got)) or 'nothing'}, not to the backend ({at}): the backend could not prove it "
+                "to Step-CA by HTTP-01")
     return None
 
 
-def _serving(topo: Topology, url: str) -> tuple[Optional[Guest], int, list[Service]]:
+def _serving(topo: Topology, url: str) -> tuple[Guest | None, int, list[Service]]:
     """(guest, port, the catalog services listening there) for a backend URL."""
     parts = urlsplit(url)
     guest = topo.guest_by_address.get(parts.hostname or "")
@@ -59,7 +60,7 @@ def _serving(topo: Topology, url: str) -> tuple[Optional[Guest], int, list[Servi
     return guest, port, listening
 
 
-def _backend_problem(topo: Topology, art: Artifacts, url: str) -> Optional[str]:
+def _backend_problem(topo: Topology, art: Artifacts, url: str) -> str | None:
     """Why the mesh cannot use this backend, or None."""
     guest, port, listening = _serving(topo, url)
     scheme = urlsplit(url).scheme
@@ -87,8 +88,8 @@ class BackendHop:
     """mesh -> backend: one server of a load-balancer service, and how the mesh verifies it."""
     service: str                     # the load-balancer service holding the server
     url: str
-    transport_name: Optional[str]
-    transport: Optional[dict]
+    transport_name: str | None
+    transport: dict | None
     certificate: Any                 # what the backend serves (backends.BackendCertificate), if known
 
     @property
@@ -99,7 +100,7 @@ class BackendHop:
     def label(self) -> str:
         return f"mesh service {self.service} -> {self.url}"
 
-    def problem(self) -> Optional[str]:
+    def problem(self) -> str | None:
         """Why the mesh would not verify this TLS backend with a name its certificate carries."""
         t, name = self.transport, self.transport_name
         if self.scheme != "https":
@@ -163,10 +164,10 @@ def service_problems(topo: Topology, art: Artifacts, mesh: Mesh, bad: set[str]) 
         if not hops:
             out.append(f"{at}: has no backend")
         elif all(reasons):
-            out.append(f"{at}: no usable backend: " + "; ".join(reasons))
+            out.append(f"{at}: no usable backend: " + "; ".join(r for r in reasons if r))
         elif any(reasons):
             out += [f"{at}: backend {r}" for r in reasons if r]
-        for hop, reason in zip(hops, reasons):
+        for hop, reason in zip(hops, reasons, strict=True):
             if reason or (hop.service, hop.url) in checked:
                 continue
             checked.add((hop.service, hop.url))
@@ -178,14 +179,17 @@ def service_problems(topo: Topology, art: Artifacts, mesh: Mesh, bad: set[str]) 
                                 "(protocol: http in the catalog)")
             elif hop.certificate is None:
                 warnings.append(f"{hop.label}: no Phoenix step issues the certificate served there; the mesh "
-                                f"verifies {hop.transport.get('serverName')} against the Phoenix root")
+                                f"verifies {(hop.transport or {}).get('serverName')} against the Phoenix root")
     return out, warnings
 
 
-def backend_lines(topo: Topology, art: Artifacts, mesh: Mesh, router: Optional[str], r: dict) -> list[str]:
+def backend_lines(topo: Topology, art: Artifacts, mesh: Mesh, router: str | None, r: dict) -> list[str]:
     svc = local_ref(r.get("service") or "") if router else None
     hops = backend_hops(topo, art, mesh, svc) if svc in mesh.services else []
     if not hops:
         return [f"    mesh -> backend: router {router or '?'} -> service {svc or '?'} -> ?"]
-    via = lambda h: f"service {svc}" + (f" -> {h.service}" if h.service != svc else "")
+
+    def via(h) -> str:
+        return f"service {svc}" + (f" -> {h.service}" if h.service != svc else "")
+
     return [f"    mesh -> backend: router {router} -> {via(h)} -> {h.describe()}" for h in hops]

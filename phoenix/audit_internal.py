@@ -30,7 +30,7 @@ BREAKER, RETRY = "circuitBreaker", "retry"
 def ordered_names(mesh: Mesh) -> set[str]:
     """Every name Traefik orders a certificate for: the routers' ``tls.domains`` with a resolver,
     and the default store's. One store serves them on every entrypoint, picked by SNI."""
-    names: set[str] = set()
+    names: set[str | None] = set()
     for r in mesh.routers.values():
         tls = r.get("tls") or {}
         if tls.get("certResolver"):
@@ -39,7 +39,7 @@ def ordered_names(mesh: Mesh) -> set[str]:
     for store in mesh.stores.values():
         domain = (store.get("defaultGeneratedCert") or {}).get("domain") or {}
         names |= {domain.get("main"), *(domain.get("sans") or [])}
-    return names - {None}
+    return {n for n in names if n is not None}
 
 
 def _internal_clients(topo: Topology) -> list[str]:

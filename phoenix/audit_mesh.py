@@ -6,20 +6,19 @@ reference between them resolved or reported (traps 9 and 10). See ``phoenix.audi
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 _HOST = re.compile(r"\bHost\(`([^`]+)`\)")
 
 
 # -- reading the Traefik config ---------------------------------------------------------------
-def _port(address: str) -> Optional[int]:
+def _port(address: str) -> int | None:
     try:
         return int(address.rsplit(":", 1)[1].split("/")[0])
     except (IndexError, ValueError):
         return None
 
 
-def local_ref(name: str) -> Optional[str]:
+def local_ref(name: str) -> str | None:
     """A reference's name in the file provider (``x`` or ``x@file``), or None for another provider."""
     base, _, provider = name.partition("@")
     return base if provider in ("", "file") else None
@@ -43,7 +42,7 @@ class Mesh:
         internal |= {"prometheus"} if (self.static.get("metrics") or {}).get("prometheus") is not None else set()
         self.internal_services = internal
         self._on: dict[str, dict[str, dict]] = {}
-        self._by_host: Optional[dict[str, dict[str, dict]]] = None
+        self._by_host: dict[str, dict[str, dict]] | None = None
         self._cert_names: dict[str, set[str]] = {}
 
     def children(self, name: str) -> list[str]:
@@ -59,7 +58,7 @@ class Mesh:
             return [f.get("service", ""), f.get("fallback", "")]
         return []
 
-    def leaves(self, name: str, seen: Optional[set[str]] = None) -> list[str]:
+    def leaves(self, name: str, seen: set[str] | None = None) -> list[str]:
         """The load-balancer services (they hold the servers) a service reaches, in order."""
         seen = set() if seen is None else seen
         if name in seen or name not in self.services:
@@ -69,10 +68,10 @@ class Mesh:
             return [name]
         return [leaf for c in self.children(name) for leaf in self.leaves(local_ref(c) or "", seen)]
 
-    def port(self, entrypoint: str) -> Optional[int]:
+    def port(self, entrypoint: str) -> int | None:
         return _port((self.entrypoints.get(entrypoint) or {}).get("address", ""))
 
-    def entrypoint_at(self, port: int) -> Optional[str]:
+    def entrypoint_at(self, port: int) -> str | None:
         return next((n for n in self.entrypoints if self.port(n) == port), None)
 
     def on(self, entrypoint: str) -> dict[str, dict]:
@@ -94,7 +93,7 @@ class Mesh:
         tls = ((self.entrypoints.get(entrypoint) or {}).get("http") or {}).get("tls") is not None
         return "https" if tls or any("tls" in r for r in self.on(entrypoint).values()) else "http"
 
-    def option_of(self, router: dict) -> Optional[str]:
+    def option_of(self, router: dict) -> str | None:
         tls = router.get("tls")
         return local_ref(tls.get("options") or "default") if tls is not None else None
 
@@ -135,7 +134,7 @@ def reference_problems(mesh: Mesh) -> tuple[list[str], set[str], set[str]]:
     bad_services: set[str] = set()
     eps = mesh.entrypoints
 
-    def entrypoint(ref: Optional[str], where: str) -> None:
+    def entrypoint(ref: str | None, where: str) -> None:
         if ref is not None and ref not in eps:
             out.append(f"{where}: entrypoint {ref!r} is not defined (defined: {listing(eps)})")
 

@@ -27,9 +27,10 @@ import json
 import os
 import shutil
 import subprocess
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 from phoenix.errors import ConfigError, Failed, problem
 from phoenix.stackfile import NAMESPACE, PROJECT_ROOT
@@ -58,7 +59,7 @@ class StackNotFound(ConfigError):
                                   f"when the project has its Pulumi.{name}.yaml")])
 
 
-def pulumi_binary() -> Optional[str]:
+def pulumi_binary() -> str | None:
     return shutil.which("pulumi")
 
 
@@ -107,7 +108,7 @@ class Result:
         return f"{self.operation} of stack {self.stack!r}: " + ", ".join(parts)
 
 
-def change_counts(op_map: Optional[Mapping[Any, int]]) -> dict[str, int]:
+def change_counts(op_map: Mapping[Any, int] | None) -> dict[str, int]:
     """The engine's OpMap (keys are ``OpType`` or plain strings) as ``{"create": 2, ...}``."""
     out: dict[str, int] = {}
     for kind, count in (op_map or {}).items():
@@ -115,7 +116,7 @@ def change_counts(op_map: Optional[Mapping[Any, int]]) -> dict[str, int]:
     return out
 
 
-def typed_outputs(output_map: Optional[Mapping[str, Any]], reveal: bool = False) -> tuple[dict, frozenset]:
+def typed_outputs(output_map: Mapping[str, Any] | None, reveal: bool = False) -> tuple[dict, frozenset]:
     """Stack outputs (``OutputValue``s) as plain values; secrets masked unless ``reveal``."""
     values, secrets = {}, set()
     for key, out in (output_map or {}).items():
@@ -141,12 +142,12 @@ def _steps(events: list) -> tuple[Step, ...]:
     return tuple(found)
 
 
-def from_preview(res, stack: str, events: list = (), operation: str = "preview") -> Result:
+def from_preview(res, stack: str, events: Sequence = (), operation: str = "preview") -> Result:
     return Result(operation, stack, change_counts(res.change_summary), _steps(list(events)),
                   stdout=res.stdout)
 
 
-def from_update(operation: str, res, stack: str, events: list = (), reveal: bool = False) -> Result:
+def from_update(operation: str, res, stack: str, events: Sequence = (), reveal: bool = False) -> Result:
     """UpResult, RefreshResult or DestroyResult (each has ``summary``; UpResult has outputs)."""
     outputs, secrets = typed_outputs(getattr(res, "outputs", None), reveal)
     summary = getattr(res, "summary", None)
@@ -177,7 +178,7 @@ class PhoenixStack:
     also creates it when the backend does not have it yet and the project has its stack file."""
 
     def __init__(self, name: str, work_dir: Path | str = PROJECT_ROOT,
-                 on_output: Optional[OnOutput] = None, env: Optional[Mapping[str, str]] = None,
+                 on_output: OnOutput | None = None, env: Mapping[str, str] | None = None,
                  create: bool = False):
         self.binary = require_pulumi()
         from pulumi import automation as auto
@@ -194,7 +195,7 @@ class PhoenixStack:
             self.stack = auto.create_stack(stack_name=name, work_dir=str(self.work_dir), opts=opts)
 
     # -- config --------------------------------------------------------------------------
-    def set_config(self, values: Mapping[str, Any] = None, secrets: Mapping[str, str] = None) -> None:
+    def set_config(self, values: Mapping[str, Any] | None = None, secrets: Mapping[str, str] | None = None) -> None:
         """Plain values through the SDK; secrets one by one on stdin (never on a command line)."""
         auto = self._auto
         plain = {config_key(k): auto.ConfigValue(config_text(v), secret=False)
@@ -211,9 +212,9 @@ class PhoenixStack:
         # `pulumi config set KEY` with no value reads it from stdin when not interactive.
         done = subprocess.run([self.binary, "config", "set", "--secret", "--non-interactive",
                                "--stack", self.name, key], input=value, text=True,
-                              capture_output=True, cwd=self.work_dir, env=env)
-        if done.returncode != 0:
-            raise self._auto.CommandError(done)
+                              capture_output=True, cwd=self.work_dir, env=env, check=False)
+        if done.returncode != 0:      # as the SDK reports a failed command: its output, not our argv
+            raise self._auto.CommandError(self._auto.CommandResult(done.stdout, done.stderr, done.returncode))
 
     def config(self) -> dict[str, Any]:
         """The stack's config as Pulumi holds it; secret values masked."""
@@ -254,7 +255,7 @@ class PhoenixStack:
         (pulumi/automation/_local_workspace.py ``export_stack``) and would decrypt them all."""
         env = {**os.environ, **self.env, "PULUMI_SKIP_UPDATE_CHECK": "true"}
         done = subprocess.run([self.binary, "stack", "export", "--stack", self.name], capture_output=True,
-                              text=True, cwd=self.work_dir, env=env)
+                              text=True, cwd=self.work_dir, env=env, check=False)
         if done.returncode != 0:
             # stderr only: whatever the CLI printed on stdout is state, never a message
             last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]

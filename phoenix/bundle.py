@@ -143,7 +143,8 @@ def _number(block: bytes, key: str) -> int:
 def unpack(bundle: str) -> list[GuestFile]:
     """The files of a bundle (ValueError if it is not one: a ustar archive of regular files)."""
     raw = base64.b64decode(bundle, validate=True)
-    out, pos = [], 0
+    out: list[GuestFile] = []
+    pos = 0
     while pos + BLOCK <= len(raw):
         block = raw[pos:pos + BLOCK]
         if block == bytes(BLOCK):

@@ -18,8 +18,7 @@ from pathlib import Path
 
 from phoenix.errors import ConfigError, Failed, problem
 from phoenix.exits import Exit, run
-from phoenix.stackfile import (DEFAULT_STACK, PROJECT_ROOT, add_stack_arguments, read_stack_file, stack_file,
-                               stack_name)
+from phoenix.stackfile import DEFAULT_STACK, PROJECT_ROOT, add_stack_arguments, read_stack_file, stack_file, stack_name
 from phoenix.verify import add_verify_parser
 
 __all__ = ["main", "parser", "Failed", "PROJECT_ROOT"]
@@ -80,7 +79,7 @@ def cmd_validate(args) -> int:
 
 # -- plan --against REF: the same stack at another commit, in a temporary worktree -------------
 def _git(*argv: str, cwd: Path = PROJECT_ROOT, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(["git", *argv], cwd=cwd, capture_output=True, text=True)
+    done = subprocess.run(["git", *argv], cwd=cwd, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise Failed(f"git {' '.join(argv)}: {done.stderr.strip() or done.stdout.strip()}")
     return done
@@ -120,7 +119,7 @@ def plan_at_ref(ref: str, args):
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(project), *filter(None, [os.environ.get("PYTHONPATH")])])}
         done = subprocess.run([sys.executable, "-m", "phoenix.cli", "plan", *stack_args, "--out", str(out)],
-                              cwd=project, env=env, capture_output=True, text=True)
+                              cwd=project, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             lines = (done.stderr.strip() or done.stdout.strip()).splitlines()
             raise Failed(f"planning {ref} failed (exit {done.returncode}): " + " | ".join(lines[-5:]))
@@ -320,7 +319,8 @@ def parser() -> argparse.ArgumentParser:
                       f"exit {int(Exit.DRIFT)} on drift, {int(Exit.FAILED)} when it cannot tell)"}
     for name, text in helps.items():
         sp = sub.add_parser(name, help=text, description=text)
-        sp.add_argument("--stack", "-s", help=f"stack name (Pulumi.<stack>.yaml in the project; default {DEFAULT_STACK})")
+        sp.add_argument("--stack", "-s",
+                        help=f"stack name (Pulumi.<stack>.yaml in the project; default {DEFAULT_STACK})")
         sp.add_argument("--cwd", help="the Pulumi project directory (default: this checkout)")
         sp.add_argument("--secret-env", action="append", metavar="KEY=ENVVAR",
                         help="set config secret KEY from environment variable ENVVAR first (repeatable)")

@@ -19,16 +19,16 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Optional
 from unittest import mock
 
 from phoenix import diff as plan_diff
 from phoenix.plan import make_plan
 from phoenix.resource_types import COMMAND, GUEST_TYPES
-from phoenix.stackfile import PROJECT_ROOT, StackConfig, expand_catalog, read_stack_file  # noqa: F401 (expand_catalog: tests)
+from phoenix.stackfile import PROJECT_ROOT, StackConfig, expand_catalog, read_stack_file
 
 DOC = PROJECT_ROOT / "docs" / "day-two.md"
 Edit = Callable[[dict], None]
@@ -42,9 +42,9 @@ class Case:
     #: what the operator does, and what the lab does in return (prose for the document)
     action: str
     effect: str
-    edit: Optional[Edit] = None
+    edit: Edit | None = None
     #: a change to the code instead: replace ``module.name`` with ``wrap(original)`` while planning
-    patch: Optional[tuple[str, str, Callable]] = None
+    patch: tuple[str, str, Callable] | None = None
     facts: dict = field(default_factory=dict)
     #: ``pulumi up --replace`` of these resources
     replace: tuple[str, ...] = ()
@@ -61,7 +61,7 @@ class Outcome:
     new: plan_diff.Snapshot
 
 
-def edited_stack(name: str, edit: Optional[Edit]) -> StackConfig:
+def edited_stack(name: str, edit: Edit | None) -> StackConfig:
     stack = read_stack_file(PROJECT_ROOT / f"Pulumi.{name}.yaml")
     if edit is None:
         return stack
@@ -73,7 +73,7 @@ def edited_stack(name: str, edit: Optional[Edit]) -> StackConfig:
 
 
 @contextmanager
-def patched(patch: Optional[tuple[str, str, Callable]]) -> Iterator[None]:
+def patched(patch: tuple[str, str, Callable] | None) -> Iterator[None]:
     if patch is None:
         with nullcontext():
             yield
@@ -282,7 +282,8 @@ def render(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         verdict = ("refused: " + ", ".join(sorted({h.kind for h in o.diff.hazards}))
                    if o.diff.hazards else "applies")
-        out.append(f"| [{o.case.title}](#{o.case.id}) | {o.case.stack} | {o.case.effect} | {len(o.steps)} | {verdict} |")
+        out.append(f"| [{o.case.title}](#{o.case.id}) | {o.case.stack} | {o.case.effect} | {len(o.steps)} "
+                   f"| {verdict} |")
     for o in outcomes:
         out += ["", f'<a id="{o.case.id}"></a>', f"## {o.case.title}", "",
                 f"Change: {o.case.action} (stack `{o.case.stack}`).", "", f"What it does: {o.case.effect}.", ""]
@@ -298,7 +299,7 @@ def render(outcomes: list[Outcome]) -> str:
     return "\n".join(out) + "\n" + FOOTER
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m phoenix.daytwo", description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(DOC), help=f"where to write the matrix (default {DOC})")
     args = p.parse_args(argv)

@@ -49,7 +49,8 @@ def _module_notes(source: str) -> dict[str, dict[str, str]]:
         found = notes.setdefault(node.name, {})
         for stmt in node.body:
             if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
-                comment, i = [], stmt.lineno - 2
+                comment: list[str] = []
+                i = stmt.lineno - 2
                 while i >= 0 and lines[i].strip().startswith("#:"):
                     comment.insert(0, lines[i].strip()[2:].strip())
                     i -= 1
@@ -69,8 +70,9 @@ def type_text(node: dict) -> str:
         kinds = [n for n in node["anyOf"] if n.get("type") != "null"]
         text = " or ".join(type_text(n) for n in kinds)
         return f"{text} (optional)" if len(kinds) < len(node["anyOf"]) else text
-    if _ref(node):
-        return f"[{_ref(node)}](#{_ref(node).lower()})"
+    ref = _ref(node)
+    if ref:
+        return f"[{ref}](#{ref.lower()})"
     if "enum" in node:
         return "one of " + ", ".join(f"`{v}`" for v in node["enum"])
     if "const" in node:
@@ -93,7 +95,7 @@ def type_text(node: dict) -> str:
     return text
 
 
-def _default(cls: type, name: str) -> str:
+def _default(cls: type[BaseModel], name: str) -> str:
     info = cls.model_fields[name]
     if info.is_required():
         return "required"
@@ -131,7 +133,7 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def _table(cls: type, schema: dict, notes: dict[str, str]) -> list[str]:
+def _table(cls: type[BaseModel], schema: dict, notes: dict[str, str]) -> list[str]:
     rows = ["| key | type | default | notes |", "|---|---|---|---|"]
     hints = typing.get_type_hints(cls, include_extras=True)
     for name, info in cls.model_fields.items():
@@ -221,7 +223,7 @@ def firewall_matrix(stack: str = MATRIX_STACK) -> str:
             who = f"`{guest}` ({roles[guest]})"
             out = flow.target == "any"
             source = "anywhere" if out else (kinds.get(flow.source)
-                                             or f"`{flow.source}` ({', '.join(r.source for r in rules)})")
+                                             or f"`{flow.source}` ({', '.join(r.source or 'any' for r in rules)})")
             rows[out].append((order[guest], n, f"| {who} | {port} | {_cell(source)} | {_cell(flow.purpose)} |"))
     inbound = ["| guest | port | from | why |", "|---|---|---|---|", *(r for *_, r in sorted(rows[False]))]
     outbound = ["| guest | port | to | why |", "|---|---|---|---|", *(r for *_, r in sorted(rows[True]))]

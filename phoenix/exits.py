@@ -8,8 +8,8 @@ against ``TABLE``. A command returns an ``Exit`` (or raises ``ConfigError``/``Fa
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import IntEnum
-from typing import Callable
 
 from phoenix.errors import ConfigError, Failed
 

@@ -89,7 +89,7 @@ def render(topo: Topology, fmt: str) -> bytes:
     exe = shutil.which("dot")
     if exe is None:
         raise GraphvizMissing(f"cannot render {fmt}: Graphviz's `dot` is not installed; {INSTALL_HINT}")
-    done = subprocess.run([exe, f"-T{fmt}"], input=source.encode(), capture_output=True, timeout=60)
+    done = subprocess.run([exe, f"-T{fmt}"], input=source.encode(), capture_output=True, timeout=60, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"dot failed: {done.stderr.decode(errors='replace').strip()}")
     return done.stdout

@@ -15,10 +15,10 @@ secrets to the plan's placeholders. A secret set in plain text is refused in bot
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Optional
 
 from phoenix.artifacts import Artifacts, render_all
 from phoenix.audit import AuditReport, audit
@@ -45,11 +45,11 @@ class SecretState:
     value where it is known in clear (never shown: rules on values name only the key)."""
     is_set: Callable[[str], bool]
     is_secret: Callable[[str], bool]
-    value: Callable[[str], Optional[str]] = lambda key: None
+    value: Callable[[str], str | None] = lambda key: None
 
     @classmethod
-    def of_stack(cls, stack: StackConfig) -> "SecretState":
-        def value(key: str) -> Optional[str]:
+    def of_stack(cls, stack: StackConfig) -> SecretState:
+        def value(key: str) -> str | None:
             full = f"{NAMESPACE}:{key}"
             found = stack.values.get(full)
             return found if isinstance(found, str) and full not in stack.ciphertext else None
@@ -74,7 +74,7 @@ class Loaded:
                 *resilience_warnings(self.lab)]
 
 
-def load(raw: dict, root: Path, mode: Mode, secrets: Optional[SecretState] = None) -> Loaded:
+def load(raw: dict, root: Path, mode: Mode, secrets: SecretState | None = None) -> Loaded:
     """Validate, render and audit a stack once. ``raw``: the namespace's non-secret values by key
     (``phoenix:catalog`` resolved against ``root``); ``secrets``: None to leave secrets unchecked
     (commands that never deploy)."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 import pulumi
 import pulumi_proxmoxve as pve
@@ -71,7 +70,7 @@ def engine_secrets(cfg: pulumi.Config) -> SecretState:
                        lambda key: pulumi.runtime.is_config_secret(f"{NAMESPACE}:{key}"), cfg.get)
 
 
-def project_directory(given: Optional[Path] = None) -> Path:
+def project_directory(given: Path | None = None) -> Path:
     """Where ``Pulumi.yaml`` and the stack file are: given by ``__main__.py``, else the engine's."""
     if given is not None:
         return Path(given)
@@ -79,7 +78,7 @@ def project_directory(given: Optional[Path] = None) -> Path:
     return Path(root or os.getcwd())
 
 
-def load_engine_config(project_dir: Path, cfg: Optional[pulumi.Config] = None) -> Loaded:
+def load_engine_config(project_dir: Path, cfg: pulumi.Config | None = None) -> Loaded:
     """What ``pulumi up`` deploys: the engine's config, checked for a real deployment."""
     cfg = cfg or pulumi.Config(NAMESPACE)
     return load(engine_values(cfg), project_dir, Mode.DEPLOY, engine_secrets(cfg))
@@ -106,7 +105,7 @@ def generated_secret(name: str, length: int = 32, special: bool = False) -> pulu
 
 
 # -- the tiers, wired --------------------------------------------------------------------------
-def deploy(loaded: Loaded, cfg: Optional[pulumi.Config] = None) -> None:
+def deploy(loaded: Loaded, cfg: pulumi.Config | None = None) -> None:
     """Register every tier of a loaded stack, each given what it needs from earlier tiers."""
     cfg = cfg or pulumi.Config(NAMESPACE)
     lab, topo = loaded.lab, loaded.topo
@@ -160,7 +159,7 @@ def deploy(loaded: Loaded, cfg: Optional[pulumi.Config] = None) -> None:
             pulumi.export(key, value)
 
 
-def main(project_dir: Optional[Path] = None) -> None:
+def main(project_dir: Path | None = None) -> None:
     """``pulumi up``: load the engine's config as a real deployment, then deploy it."""
     cfg = pulumi.Config(NAMESPACE)
     try:

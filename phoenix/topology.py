@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Optional
 
 from .model import Guest, Lab, Service
 
@@ -131,9 +130,15 @@ class Topology:
         return self._by_role["ca"][0]
 
     @property
-    def portainer(self) -> Optional[Guest]:
+    def portainer(self) -> Guest | None:
         found = self._by_role.get("portainer")
         return found[0] if found else None
+
+    def require_portainer(self) -> Guest:
+        """The Portainer guest, for what only a lab with one has (its UI, compose stacks, agents)."""
+        if self.portainer is None:
+            raise LookupError("the lab has no portainer guest")
+        return self.portainer
 
     @property
     def agents(self) -> list[Guest]:
@@ -278,9 +283,9 @@ class Topology:
         return f"ssh://root@{guest.address}"
 
     @cached_property
-    def _first_routes(self) -> dict[str, tuple[Optional[Route], Optional[Route]]]:
+    def _first_routes(self) -> dict[str, tuple[Route | None, Route | None]]:
         """guest -> (its first public route, its first route), in route order."""
-        out: dict[str, tuple[Optional[Route], Optional[Route]]] = {}
+        out: dict[str, tuple[Route | None, Route | None]] = {}
         for r in self.routes:
             for b in r.backends:
                 public, first = out.get(b.guest, (None, None))
@@ -341,8 +346,8 @@ class Topology:
         for proto in ("udp", "tcp"):
             f.append(Flow("any", dns, 53, proto, "DNS: internal and external views"))
         for s in lab.services:
-            for g in dict.fromkeys(s.guests):
-                f.append(Flow(mesh, g, s.port, "tcp", f"mesh to {s.name}"))
+            for replica in dict.fromkeys(s.guests):
+                f.append(Flow(mesh, replica, s.port, "tcp", f"mesh to {s.name}"))
         # Step-CA validates ACME HTTP-01 by dialling the requester on port 80.
         for g in self.acme_clients:
             if g.name != gw:

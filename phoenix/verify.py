@@ -18,29 +18,41 @@ import json
 import socket
 import ssl
 import sys
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional
 
 from phoenix.errors import ConfigError, problem
 from phoenix.exits import Exit, run
 from phoenix.stackfile import add_stack_arguments, read_stack_file, stack_file, stack_name
 from phoenix.topology import Topology
-from phoenix.verify_expiry import KINDS as CERTIFICATE_KINDS, certificate_checks, is_certificate_check
+from phoenix.verify_checks import (  # noqa: F401
+    DNS_PORT,
+    HTTPS_PORT,
+    PORTAINER_ENDPOINTS,
+    Check,
+    VerifyOptions,
+    internal_names,
+    mesh_pings,
+    normal_fingerprint,
+    plan_checks,
+    portainer_route,
+)
+from phoenix.verify_expiry import KINDS as CERTIFICATE_KINDS
+from phoenix.verify_expiry import certificate_checks, is_certificate_check
 from phoenix.verify_ha import ha_checks
-from phoenix.verify_checks import (DNS_PORT, HTTPS_PORT, PORTAINER_ENDPOINTS, Check, VerifyOptions,  # noqa: F401
-                                   internal_names, mesh_pings, normal_fingerprint, plan_checks, portainer_route)
+
 
 # -- running them -------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Result:
     check: str
     target: str
-    ok: Optional[bool]      # None: skipped
+    ok: bool | None      # None: skipped
     detail: str
     #: ``cert/*`` checks: days the certificate has left (None: not read)
-    days: Optional[float] = None
+    days: float | None = None
 
     @property
     def line(self) -> str:
@@ -67,7 +79,7 @@ def run_check(check: Check, probes) -> Result:
     try:
         ok, detail, *more = getattr(probes, _PROBE[check.check])(check)
         days = more[0] if more else None     # a certificate's days left
-    except Exception as err:   # noqa: BLE001 - every failure is a FAIL line, never a traceback
+    except Exception as err:
         ok, detail = False, reason(err) + (f" ({check.address}:{check.port})" if check.address else "")
         if isinstance(err, ssl.SSLCertVerificationError) and check.trust == "phoenix" and not probes.root_given:
             detail += "; verified against the system store: give --root-ca"
@@ -101,7 +113,7 @@ def summary(results: list[Result]) -> str:
 
 
 # -- input ----------------------------------------------------------------------------------
-def _read_secret(path: str, flag: str, problems: list[str]) -> Optional[str]:
+def _read_secret(path: str, flag: str, problems: list[str]) -> str | None:
     try:
         value = Path(path).read_text().strip()
     except OSError as err:
@@ -112,7 +124,7 @@ def _read_secret(path: str, flag: str, problems: list[str]) -> Optional[str]:
     return value or None
 
 
-def _check_source(value: Optional[str], flag: str, topo: Topology, inside: bool, problems: list[str]) -> None:
+def _check_source(value: str | None, flag: str, topo: Topology, inside: bool, problems: list[str]) -> None:
     if value is None:
         return
     try:
@@ -254,7 +266,8 @@ def cmd_verify(args) -> int:
     options = options_from_args(args)
     probes = make_probes(topo, options)
     checks = all_checks(topo, options, loaded.artifacts)
-    results, certificates = [], []
+    results: list[Result] = []
+    certificates: list[Result] = []
     for result in run_checks(checks, probes, options.workers):
         # Certificates are reported last, soonest to expire first; the rest as they come.
         (certificates if is_certificate_check(result.check) else results).append(result)

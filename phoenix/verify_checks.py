@@ -10,7 +10,7 @@ entrypoint, verifying the name it dialled (SNI and Host are that name, as curl w
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from phoenix.topology import CA_HEALTH_PATH, MESH_PING_PATH, Topology
 
@@ -32,28 +32,28 @@ class Check:
     address: str = ""               # where the probe connects (DNS server, TLS peer)
     port: int = 0
     expect: tuple[str, ...] = ()    # DNS: the exact A set; HTTP: a body marker; portainer: agent URLs
-    source: Optional[str] = None    # DNS: source address, which picks the view (None: the OS picks)
-    server_name: Optional[str] = None   # TLS: SNI and the name the certificate must carry
-    host: Optional[str] = None      # HTTP Host
-    path: Optional[str] = None
-    trust: Optional[str] = None     # "public" (system store / --public-ca) or "phoenix" (--root-ca)
-    skip: Optional[str] = None      # why this check cannot run (counted as skipped)
+    source: str | None = None    # DNS: source address, which picks the view (None: the OS picks)
+    server_name: str | None = None   # TLS: SNI and the name the certificate must carry
+    host: str | None = None      # HTTP Host
+    path: str | None = None
+    trust: str | None = None     # "public" (system store / --public-ca) or "phoenix" (--root-ca)
+    skip: str | None = None      # why this check cannot run (counted as skipped)
 
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    outside_source: Optional[str] = None
-    inside_source: Optional[str] = None
-    root_ca: Optional[str] = None
-    root_fingerprint: Optional[str] = None
-    public_ca: Optional[str] = None
-    client_cert: Optional[str] = None
-    client_key: Optional[str] = None
-    gateway_client_cert: Optional[str] = None
-    portainer_password_file: Optional[str] = None
-    portainer_api_key_file: Optional[str] = None
+    outside_source: str | None = None
+    inside_source: str | None = None
+    root_ca: str | None = None
+    root_fingerprint: str | None = None
+    public_ca: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    gateway_client_cert: str | None = None
+    portainer_password_file: str | None = None
+    portainer_api_key_file: str | None = None
     #: a Proxmox API token (USER@REALM!ID=SECRET) to ask HA where the guests run (phoenix.verify_ha)
-    proxmox_token_file: Optional[str] = None
+    proxmox_token_file: str | None = None
     timeout: float = 5.0
     workers: int = 16
 
@@ -81,7 +81,7 @@ def internal_names(topo: Topology) -> dict[str, tuple[str, ...]]:
     return {name: addresses(name) for name in by_name}
 
 
-def mesh_pings(topo: Topology, artifacts: Optional[Artifacts] = None) -> list[tuple[int, bool, bool]]:
+def mesh_pings(topo: Topology, artifacts: Artifacts | None = None) -> list[tuple[int, bool, bool]]:
     """Where Traefik serves its ping, as the mesh tier configures it: (port, tls, client_auth).
 
     The static config names the ping's own entrypoint (plain HTTP); routers to ``ping@internal``
@@ -111,7 +111,7 @@ def portainer_route(topo: Topology):
 
 
 def plan_checks(topo: Topology, options: VerifyOptions = VerifyOptions(),
-                artifacts: Optional[Artifacts] = None) -> list[Check]:
+                artifacts: Artifacts | None = None) -> list[Check]:
     lab = topo.lab
     dns_at = str(topo.dns.address)
     public_address = str(lab.network.public_address)
@@ -176,9 +176,9 @@ def plan_checks(topo: Topology, options: VerifyOptions = VerifyOptions(),
             skip = "not checked: no catalog service runs on the Portainer guest, so its API has no route"
         elif not options.portainer_credentials:
             skip = "not checked: no credentials (give --portainer-password-file or --portainer-api-key-file)"
-        name = topo.service_fqdn(api) if api else None
-        out.append(Check("portainer/agent", agent.name, mesh_at, internal_port, urls, server_name=name,
-                         host=name, path=PORTAINER_ENDPOINTS, trust="phoenix", skip=skip))
+        api_name = topo.service_fqdn(api) if api else None
+        out.append(Check("portainer/agent", agent.name, mesh_at, internal_port, urls, server_name=api_name,
+                         host=api_name, path=PORTAINER_ENDPOINTS, trust="phoenix", skip=skip))
     return out
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import ssl
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -99,7 +99,7 @@ def certificates_in(received: bytes) -> list[x509.Certificate]:
     return []
 
 
-def _unverified(maximum: Optional[ssl.TLSVersion]) -> ssl.SSLContext:
+def _unverified(maximum: ssl.TLSVersion | None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE   # report, never judge trust here
     if maximum is not None:
@@ -107,7 +107,7 @@ def _unverified(maximum: Optional[ssl.TLSVersion]) -> ssl.SSLContext:
     return ctx
 
 
-def served_chain(address: str, port: int, server_name: Optional[str], timeout: float) -> list[x509.Certificate]:
+def served_chain(address: str, port: int, server_name: str | None, timeout: float) -> list[x509.Certificate]:
     """The certificates the server sends for ``server_name``, leaf first."""
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     tls = _unverified(ssl.TLSVersion.TLSv1_2).wrap_bio(incoming, outgoing, server_hostname=server_name)
@@ -156,9 +156,9 @@ def _issuer(cert: x509.Certificate) -> str:
 
 
 # -- judging one -------------------------------------------------------------------------------
-def expiry(cert: x509.Certificate, min_days: int, now: Optional[dt.datetime] = None) -> tuple[bool, str, float]:
+def expiry(cert: x509.Certificate, min_days: int, now: dt.datetime | None = None) -> tuple[bool, str, float]:
     """(ok, detail, days left) for one certificate against the model's threshold."""
-    now = now or dt.datetime.now(dt.timezone.utc)
+    now = now or dt.datetime.now(dt.UTC)
     end, lifetime = cert.not_valid_after_utc, cert.not_valid_after_utc - cert.not_valid_before_utc
     left = end - now
     days = round(left.total_seconds() / 86400, 2)
@@ -179,7 +179,7 @@ def _span(delta: dt.timedelta) -> str:
     return f"{hours:.1f} hours" if hours < 48 else f"{hours / 24:.1f} days"
 
 
-def certificate_expiry(probes, check: Check) -> tuple[bool, str, Optional[float]]:
+def certificate_expiry(probes, check: Check) -> tuple[bool, str, float | None]:
     """The probe of a ``cert/*`` check (``Probes.certificate_expiry`` delegates here)."""
     if check.address:
         chain = served_chain(check.address, check.port, check.server_name, probes.timeout)

@@ -15,8 +15,8 @@ import socket
 import ssl
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import dns.exception
 import dns.message
@@ -41,15 +41,17 @@ class Probes:
     phoenix_trust: ssl.SSLContext
     root_given: bool = True   # False: the Phoenix checks fall back to the system store
     portainer_user: str = "admin"
-    portainer_password: Optional[str] = None
-    portainer_api_key: Optional[str] = None
-    root_ca: Optional[str] = None   # the Phoenix root's file (--root-ca), for chains read from files
-    proxmox_token_file: Optional[str] = None   # --proxmox-token-file (phoenix.verify_ha)
+    portainer_password: str | None = None
+    portainer_api_key: str | None = None
+    root_ca: str | None = None   # the Phoenix root's file (--root-ca), for chains read from files
+    proxmox_token_file: str | None = None   # --proxmox-token-file (phoenix.verify_ha)
     _memo: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def context(self, trust: Optional[str]) -> Optional[ssl.SSLContext]:
+    def context(self, trust: str | None) -> ssl.SSLContext | None:
         """``public``, ``phoenix``, or None for plain HTTP."""
+        if trust is None:
+            return None
         return {"public": self.public_trust, "phoenix": self.phoenix_trust}.get(trust)
 
     # -- shared -------------------------------------------------------------------------
@@ -61,7 +63,7 @@ class Probes:
             if "value" not in slot:
                 try:
                     slot["value"] = (True, fn())
-                except Exception as err:   # noqa: BLE001 - reported as the check's failure
+                except Exception as err:
                     slot["value"] = (False, err)
         ok, value = slot["value"]
         if not ok:
@@ -73,7 +75,7 @@ class Probes:
         return any(ip in ipaddress.ip_network(n) for n in self.internal_networks)
 
     # -- DNS ----------------------------------------------------------------------------
-    def view_problem(self, check) -> Optional[str]:
+    def view_problem(self, check) -> str | None:
         """Would this query reach the view the check means? (None when it would.)"""
         source = check.source or source_toward(check.address, check.port)
         inside = self._in_internal(source)
@@ -126,14 +128,15 @@ class Probes:
         with sock:
             try:
                 with old_tls_client().wrap_socket(sock, server_hostname=check.server_name) as tls:
-                    return False, f"{check.address}:{check.port} accepted {tls.version()} ({tls.cipher()[0]})"
+                    cipher = (tls.cipher() or ("?",))[0]      # None only before a handshake
+                    return False, f"{check.address}:{check.port} accepted {tls.version()} ({cipher})"
             except ssl.SSLError as err:
                 if err.reason in ("NO_PROTOCOLS_AVAILABLE", "NO_CIPHERS_AVAILABLE"):
                     return False, f"this machine's OpenSSL cannot offer TLS 1.1 ({err.reason}); not tested"
                 return True, f"-> refused by {check.address}:{check.port} ({err.reason or err})"
             except ConnectionError as err:
                 return True, f"-> refused by {check.address}:{check.port} (connection closed: {reason(err)})"
-            except socket.timeout:
+            except TimeoutError:
                 return False, f"{check.address}:{check.port} did not answer a TLS 1.1 handshake in time"
 
     # -- Portainer ------------------------------------------------------------------------
@@ -205,8 +208,8 @@ class Probes:
             with open(self.root_ca, "rb") as f:
                 issuers[0].verify_directly_issued_by(x509.load_pem_x509_certificate(f.read()))
         cn = issuers[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        ca = cn[0].value if cn else "?"
-        now = dt.datetime.now(dt.timezone.utc)
+        ca = cn[0].value if cn and isinstance(cn[0].value, str) else "?"   # a CN is text
+        now = dt.datetime.now(dt.UTC)
         end, due = leaf.not_valid_after_utc, leaf.not_valid_after_utc - dt.timedelta(hours=GATEWAY_CLIENT_RENEW_HOURS)
         when = f"expires {end:%Y-%m-%d %H:%M} UTC"
         if now >= end:
@@ -240,9 +243,9 @@ class Response:
     issuer: str
 
 
-def https_request(address: str, port: int, server_name: Optional[str], host: str, path: str,
-                  context: Optional[ssl.SSLContext], timeout: float, method: str = "GET",
-                  body: Optional[bytes] = None, headers: Optional[dict] = None) -> Response:
+def https_request(address: str, port: int, server_name: str | None, host: str, path: str,
+                  context: ssl.SSLContext | None, timeout: float, method: str = "GET",
+                  body: bytes | None = None, headers: dict | None = None) -> Response:
     """One request to ``address`` with ``Host: host``: over TLS with SNI and verification for
     ``server_name`` when a context is given, plain HTTP without one."""
     sock = socket.create_connection((address, port), timeout=timeout)
@@ -252,8 +255,12 @@ def https_request(address: str, port: int, server_name: Optional[str], host: str
         sock.close()
         raise
     with tls:
-        if context:   # read now: the connection closes the socket once the response is in
-            issuer = dict(x[0] for x in tls.getpeercert().get("issuer", ()))
+        if isinstance(tls, ssl.SSLSocket):   # read now: the connection closes the socket once the response is in
+            issuer: dict[str, str] = {}
+            for rdn in (tls.getpeercert() or {}).get("issuer", ()):     # ((("commonName", "..."),), ...)
+                first = rdn[0]
+                if isinstance(first, tuple):
+                    issuer[first[0]] = first[1]
             shown = (tls.version() or "?", f"issuer {issuer.get('commonName', '?')}")
         else:
             shown = ("plain HTTP", "no TLS")
@@ -268,7 +275,7 @@ def https_request(address: str, port: int, server_name: Optional[str], host: str
         return Response(resp.status, data, *shown)
 
 
-def query_a(server: str, port: int, name: str, source: Optional[str], timeout: float) -> tuple[str, list[str]]:
+def query_a(server: str, port: int, name: str, source: str | None, timeout: float) -> tuple[str, list[str]]:
     """Ask ``server`` for ``name``'s A records, as a stub resolver would: (rcode, addresses)."""
     query = dns.message.make_query(name, "A")
     try:
@@ -302,8 +309,8 @@ def old_tls_client() -> ssl.SSLContext:
     return ctx
 
 
-def trust_context(cafile: Optional[str], client_cert: Optional[str] = None,
-                  client_key: Optional[str] = None) -> ssl.SSLContext:
+def trust_context(cafile: str | None, client_cert: str | None = None,
+                  client_key: str | None = None) -> ssl.SSLContext:
     """Verify against ``cafile`` only (or the system store without one), TLS 1.2 at least."""
     ctx = ssl.create_default_context(cafile=cafile)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2

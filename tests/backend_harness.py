@@ -25,10 +25,10 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Optional
 from urllib.parse import urlsplit
 
 from lab import Processes
+
 
 # ---- backends ---------------------------------------------------------------------------------
 class _BackendHandler(BaseHTTPRequestHandler):
@@ -57,7 +57,7 @@ class BackendServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address: str, port: int, ctx: Optional[ssl.SSLContext], service: str, guest: str):
+    def __init__(self, address: str, port: int, ctx: ssl.SSLContext | None, service: str, guest: str):
         self.ctx, self.service, self.guest, self.requests = ctx, service, guest, []
         super().__init__((address, port), _BackendHandler)
         threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
@@ -97,7 +97,7 @@ class BackendNetwork:
 
     def __init__(self, procs: Processes, mesh_address: str, addresses: list[str], also: tuple[str, ...] = ()):
         self.procs, self.mesh_address, self.addresses, self.also = procs, mesh_address, addresses, list(also)
-        self.ns: Optional[str] = None
+        self.ns: str | None = None
 
     def up(self) -> None:
         mine = os.readlink("/proc/self/ns/net")
@@ -106,7 +106,8 @@ class BackendNetwork:
         wait_until(lambda: os.path.exists(ns) and os.readlink(ns) != mine, 5, "the backends' namespace", 0.02)
         self.ns = ns
         inside = ["nsenter", f"--net={ns}", "--"]
-        commands = [["ip", "link", "add", self.LINK, "type", "veth", "peer", "name", self.PEER, "netns", str(holder.pid)],
+        commands = [["ip", "link", "add", self.LINK, "type", "veth", "peer", "name", self.PEER, "netns",
+                     str(holder.pid)],
                     ["ip", "link", "set", self.LINK, "up"],
                     *(["ip", "route", "add", f"{a}/32", "dev", self.LINK, "src", self.mesh_address]
                       for a in self.addresses),
@@ -140,11 +141,11 @@ class BackendNetwork:
         return out["value"]
 
     def down(self) -> None:
-        subprocess.run(["ip", "link", "del", self.LINK], capture_output=True)
+        subprocess.run(["ip", "link", "del", self.LINK], capture_output=True, check=False)
 
 
 # ---- clients ------------------------------------------------------------------------------------
-def client_context(root: Optional[str] = None, cert: Optional[tuple[Path, Path]] = None) -> ssl.SSLContext:
+def client_context(root: str | None = None, cert: tuple[Path, Path] | None = None) -> ssl.SSLContext:
     """Verifies the chain against ``root`` (not the name: see ``served_chain``); presents ``cert``."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -157,8 +158,8 @@ def client_context(root: Optional[str] = None, cert: Optional[tuple[Path, Path]]
     return ctx
 
 
-def request(address: str, port: int, sni: str, host: str, path: str = "/", ctx: Optional[ssl.SSLContext] = None,
-            headers: Optional[dict] = None, source: Optional[str] = None, timeout: float = 10):
+def request(address: str, port: int, sni: str, host: str, path: str = "/", ctx: ssl.SSLContext | None = None,
+            headers: dict | None = None, source: str | None = None, timeout: float = 10):
     """(status, headers, body) of a GET over TLS to ``address:port`` with SNI ``sni``, Host ``host``."""
     sock = socket.create_connection((address, port), timeout=timeout, source_address=(source, 0) if source else None)
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
@@ -172,7 +173,7 @@ def request(address: str, port: int, sni: str, host: str, path: str = "/", ctx: 
         sock.close()
 
 
-def http_get(url: str, source: Optional[str] = None, headers: Optional[dict] = None, timeout: float = 5):
+def http_get(url: str, source: str | None = None, headers: dict | None = None, timeout: float = 5):
     """(status, body) of a plain-HTTP GET, from ``source`` when given, never through a proxy."""
     split = urlsplit(url)
     conn = http.client.HTTPConnection(split.hostname, split.port, timeout=timeout,

@@ -44,14 +44,14 @@ import time
 import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional
 
+import guest_tools
+import units
 from conftest import ROOT
 from guestns import BRIDGE, Guest
 from lab import Processes, require_tools, wait_port
 from mirror import ReleaseMirror
-from netlab import (PEBBLE_ADDRESS, WAN_NETWORK, NodeLink, World, assert_sealed, free_addresses,
-                    machine_links)
+from netlab import PEBBLE_ADDRESS, WAN_NETWORK, NodeLink, World, assert_sealed, free_addresses, machine_links
 from phoenix.bundle import pack, unpack
 from phoenix.plan import make_plan
 from phoenix.plan.writer import pushed_files
@@ -59,8 +59,6 @@ from phoenix.render import dns as dns_render
 from stepca_harness import PlanLab, plan_ca
 from test_verify import INSIDE, OUTSIDE
 from tools import step_ca, step_ca_sources_version
-import guest_tools
-import units
 
 #: what an operator runs (the venv's entry point), or the module when it is not installed.
 PHOENIX = [str(ROOT / ".venv/bin/phoenix")] if (ROOT / ".venv/bin/phoenix").exists() else \
@@ -90,7 +88,7 @@ class EndToEndLab(PlanLab):
     """The dev stack's guests and world, brought up by the plan's steps (module docstring)."""
 
     @classmethod
-    def make(cls, tmp: Path) -> "EndToEndLab":
+    def make(cls, tmp: Path) -> EndToEndLab:
         """The stack planned against the lab's mirror and Pebble, with the node's driver as its fact."""
         from conftest import stack_config
         gateway = str(stack_config("dev").phoenix()["network"]["gateway"])
@@ -101,7 +99,7 @@ class EndToEndLab(PlanLab):
     def __init__(self, plan, tmp: Path, release: ReleaseMirror):
         super().__init__(plan, tmp, [g.name for g in plan.topo.lab.guests])
         self.release, self.procs = release, Processes()
-        self.world: Optional[World] = None
+        self.world: World | None = None
         self.files = pushed_files(plan.run, self.topo)
         self.outputs = plan.run.outputs
         self.replays: list[Replay] = []
@@ -112,7 +110,7 @@ class EndToEndLab(PlanLab):
                         if self.guest_of[name] is None}
 
     # -- bring-up --------------------------------------------------------------------------
-    def up(self) -> "EndToEndLab":
+    def up(self) -> EndToEndLab:
         started = time.monotonic()
         require_tools("named", "nginx", "certbot", "pebble", "nft", "dpkg-deb", "setpriv", "nsenter", "unshare",
                       "openssl", "jq", "curl", "systemd-sysusers", "systemd-analyze", "mknod")
@@ -180,7 +178,7 @@ class EndToEndLab(PlanLab):
         wait_port(PEBBLE_ADDRESS, 14000)
         wait_port(PEBBLE_ADDRESS, 15000)
 
-    def replay_all(self) -> "Replay":
+    def replay_all(self) -> Replay:
         """Every remote step of the plan, as ``pulumi up`` runs them: their results and times."""
         self.results, self.ran = {}, {}
         try:
@@ -190,7 +188,7 @@ class EndToEndLab(PlanLab):
         self.replays.append(Replay(dict(self.results), dict(self.ran)))
         return self.replays[-1]
 
-    def step(self, name: str, bundle: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+    def step(self, name: str, bundle: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         """One plan step in its guest (``PlanLab.step``), its start and end times kept in ``ran``."""
         started = time.monotonic()
         try:
@@ -233,7 +231,7 @@ class EndToEndLab(PlanLab):
                 "--gateway-client-cert", str(self.gateway_client_chain),
                 "--portainer-password-file", str(self.password_file), "--timeout", "3", *extra]
         return subprocess.run(self.world.operator.command(argv), capture_output=True, text=True, cwd=ROOT,
-                              timeout=120)
+                              timeout=120, check=False)
 
     def results_now(self) -> dict[tuple[str, str], dict]:
         done = self.verify("--json")
@@ -276,7 +274,7 @@ class EndToEndLab(PlanLab):
                 out[str(path.relative_to(upper))] = "-> " + os.readlink(path)
         return out
 
-    def served_leaf(self, guest: str, port: int, server_name: Optional[str] = None) -> bytes:
+    def served_leaf(self, guest: str, port: int, server_name: str | None = None) -> bytes:
         """The certificate ``guest`` serves on ``port`` (for ``server_name``, by default the mesh's
         name), verified against the Phoenix root, in DER."""
         ctx = ssl.create_default_context(cafile=str(self.root_ca))

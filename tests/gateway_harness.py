@@ -8,6 +8,7 @@ plan's gateway steps run through phoenix-apply over copy-on-write copies of this
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import json
@@ -27,12 +28,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
 from components.base import APPLY
-from phoenix.render import NGINX_RELOAD_HELPER
 from components.gateway import STEP_INSTALL, STEP_NGINX, STEP_PLACEHOLDER, STEP_PUBLIC_CERT
 from conftest import ROOT
 from lab import Processes, add_loopback_addresses, require_isolated, wait_port
 from phoenix.bundle import GuestFile, pack, unpack
 from phoenix.plan.writer import COMMAND, command_guest, pushed_files
+from phoenix.render import NGINX_RELOAD_HELPER
 from phoenix.render import gateway as gw
 from phoenix.render.trust import CertRequest
 from phoenix.topology import ROOT_CA_TRUST_PATH
@@ -47,7 +48,8 @@ class PlanPki:
     """The plan's generated PKI: root, and the intermediate (``ca``) that signs stand-in leaves."""
 
     def __init__(self, plan):
-        out = lambda name, key: plan.run.named(name).outputs[key]
+        def out(name: str, key: str):
+            return plan.run.named(name).outputs[key]
         self.root_pem = out("root-ca-cert", "certPem")
         self.intermediate_pem = out("intermediate-ca-cert", "certPem")
         self.ca = TestCA.from_pem(self.intermediate_pem, out("intermediate-ca-key", "privateKeyPem"))
@@ -116,7 +118,7 @@ def gateway_steps(plan) -> dict[str, object]:
 def run_step(step, env: dict, bundle: str | None = None) -> subprocess.CompletedProcess:
     """A recorded step as the guest runs it: its exact ``create`` with its bundle on stdin."""
     return subprocess.run(["bash", "-c", step.value("create")], input=bundle or step.value("stdin"),
-                          text=True, capture_output=True, env=env, timeout=120)
+                          text=True, capture_output=True, env=env, timeout=120, check=False)
 
 
 def with_file(bundle: str, path: str, edit) -> str:
@@ -238,10 +240,8 @@ class MeshStandIn(ThreadingHTTPServer):
         self.server_close()
         with self.lock:   # nginx keeps idle connections: close them so none outlives the server
             for conn in list(self.active):
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
 
 
 # ---- ACME: a resolver for Pebble, and Pebble ------------------------------------------------
@@ -249,7 +249,10 @@ class TinyResolver:
     """Answers A queries for the public names with the gateway's address (Pebble's -dnsserver)."""
 
     def __init__(self, answers: dict[str, str], address=("127.0.0.1", 53)):
-        import dns.message, dns.rcode, dns.rdatatype, dns.rrset
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+        import dns.rrset
         self.dns, self.answers, self.running = dns, answers, True
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(address)
@@ -398,11 +401,11 @@ class GatewayLab:
             self.root.write(gw.CLIENT_TLS.cert, chain)
             self.root.write(gw.CLIENT_TLS.key, key, 0o640)
             result = subprocess.run(["bash", "-c", f"{gw.NGINX_CHECK} && {gw.NGINX_RELOAD}"], env=self.env,
-                                    capture_output=True, text=True)
+                                    capture_output=True, text=True, check=False)
         else:
             self.root.write(hook.path, hook.content, hook.mode)
             result = subprocess.run(["bash", hook.path], env={**self.env, "RENEWED_LINEAGE": str(lineage)},
-                                    capture_output=True, text=True)
+                                    capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
         assert Path(gw.CLIENT_TLS.cert).read_text() == chain
         # reload is asynchronous: done when every worker is a new one

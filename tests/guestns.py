@@ -19,6 +19,7 @@ the router, as the Proxmox host's bridge does). A ``Guest`` is a holder process
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ipaddress
 import json
@@ -67,16 +68,14 @@ def reap_orphans() -> None:
                 continue
             # fields: state, ppid, pgrp, session, ...
             if fields[0] == "Z" and int(fields[1]) == me and int(fields[3]) != session:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(int(entry.name), os.WNOHANG)
-                except ChildProcessError:
-                    pass
         time.sleep(0.1)
 
 
 def _ip(*args: str, netns: int | None = None) -> None:
     prefix = ["nsenter", "-t", str(netns), "--net", "--"] if netns else []
-    done = subprocess.run([*prefix, "ip", *args], capture_output=True, text=True)
+    done = subprocess.run([*prefix, "ip", *args], capture_output=True, text=True, check=False)
     if done.returncode:
         raise RuntimeError(f"ip {' '.join(args)}: {done.stderr.strip()}")
 
@@ -96,7 +95,7 @@ class LabNetwork:
         _ip("link", "set", BRIDGE, "up")
         subreaper(True)
 
-    def attach(self, guest: "Guest") -> None:
+    def attach(self, guest: Guest) -> None:
         link = f"v-{guest.name}"[:15]
         _ip("link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", str(guest.pid))
         self.links.append(link)
@@ -108,7 +107,7 @@ class LabNetwork:
 
     def down(self) -> None:
         for link in reversed(self.links):
-            subprocess.run(["ip", "link", "del", link], capture_output=True)
+            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
         self.links.clear()
         subreaper(False)
 
@@ -124,7 +123,7 @@ class Guest:
     def pid(self) -> int:
         return self.holder.pid
 
-    def up(self, network: LabNetwork, domain: str, nameservers: list[str]) -> "Guest":
+    def up(self, network: LabNetwork, domain: str, nameservers: list[str]) -> Guest:
         self.holder = subprocess.Popen(["unshare", "--net", "--mount", "--uts", "--propagation", "private", "--",
                                         "sleep", "infinity"], start_new_session=True)
         mine = os.readlink("/proc/self/ns/net")
@@ -143,7 +142,7 @@ class Guest:
         # else of the root file system becomes read-only for the guest, and /tmp its own.
         script += ["mount -o remount,bind,ro /", "mount -t tmpfs -o mode=1777 tmpfs /tmp"]
         done = subprocess.run(["nsenter", "-t", str(self.pid), "--mount", "--", "sh", "-ec", "\n".join(script)],
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, check=False)
         if done.returncode:
             raise RuntimeError(f"guest {self.name}: {done.stderr}")
         network.attach(self)
@@ -176,7 +175,7 @@ class Guest:
     def run(self, argv: list[str], *, input: str | None = None, env: dict | None = None, check: bool = False,
             timeout: float = 180) -> subprocess.CompletedProcess:
         done = subprocess.run(self.command(argv), input=input, env=env or os.environ.copy(), text=True,
-                              capture_output=True, timeout=timeout)
+                              capture_output=True, timeout=timeout, check=False)
         if check and done.returncode:
             raise AssertionError(f"{self.name}: {shlex.join(argv)} exited {done.returncode}:\n"
                                  f"{done.stdout}\n{done.stderr}")

@@ -8,6 +8,7 @@ those a test started are ended.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -20,15 +21,16 @@ import pytest
 
 
 def non_loopback_routes() -> list[str]:
-    out = subprocess.run(["ip", "-o", "route", "show", "table", "all"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ip", "-o", "route", "show", "table", "all"], capture_output=True, text=True,
+                         check=False).stdout
     routes = []
     for line in out.splitlines():
         if " dev lo " in f" {line} " or line.startswith(("local ", "broadcast ", "multicast ")):
             continue
         if line.strip():
             routes.append(line.strip())
-    out6 = subprocess.run(["ip", "-o", "-6", "route", "show"], capture_output=True, text=True).stdout
-    routes += [l for l in out6.splitlines() if l.strip() and " dev lo" not in l]
+    out6 = subprocess.run(["ip", "-o", "-6", "route", "show"], capture_output=True, text=True, check=False).stdout
+    routes += [r for r in out6.splitlines() if r.strip() and " dev lo" not in r]
     return routes
 
 
@@ -57,7 +59,7 @@ _ADDED_TO_LOOPBACK: list[str] = []
 def add_loopback_addresses(*addresses: str) -> None:
     """Give ``lo`` the guest addresses a test plays (only inside the namespace)."""
     require_isolated()
-    have = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True).stdout
+    have = subprocess.run(["ip", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=False).stdout
     for a in addresses:
         if f" {a}/" not in have:
             subprocess.run(["ip", "addr", "add", f"{a}/32", "dev", "lo"], check=True)
@@ -70,7 +72,8 @@ def loopback_addresses_released():
     its lab fixtures, which this autouse fixture outlives, have stopped their servers)."""
     yield
     while _ADDED_TO_LOOPBACK:
-        subprocess.run(["ip", "addr", "del", f"{_ADDED_TO_LOOPBACK.pop()}/32", "dev", "lo"], capture_output=True)
+        subprocess.run(["ip", "addr", "del", f"{_ADDED_TO_LOOPBACK.pop()}/32", "dev", "lo"], capture_output=True,
+                       check=False)
 
 
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
@@ -100,10 +103,8 @@ class Processes:
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
                 try:
                     proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:

@@ -44,13 +44,11 @@ import shutil
 import ssl
 import subprocess
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import yaml
 
-from backend_harness import (BackendNetwork, BackendServer, client_context, http_get, request, server_context,
-                             wait_until)
+from backend_harness import BackendNetwork, BackendServer, client_context, http_get, request, server_context, wait_until
 from conftest import edited, shipped_plan
 from gateway_harness import GuestRoot, PlanPki, run_step, with_file
 from lab import Processes, add_loopback_addresses, require_isolated, require_tools
@@ -105,8 +103,8 @@ class MeshLab:
         # service with PrivateTmp= would not see a socket under /tmp.
         self.units = Units(procs)
         self.backends: dict[tuple[str, str], BackendServer] = {}
-        self.network: Optional[BackendNetwork] = None
-        self.backend_tls: dict[tuple[str, str], Optional[ssl.SSLContext]] = {}
+        self.network: BackendNetwork | None = None
+        self.backend_tls: dict[tuple[str, str], ssl.SSLContext | None] = {}
         self.env: dict[str, str] = {}
         self.results: dict[str, subprocess.CompletedProcess] = {}
         self.mesh_address = str(topo.mesh.address)
@@ -137,7 +135,7 @@ class MeshLab:
         self.apply(self.mesh, "traefik-static")
         self.apply(self.mesh, "traefik-dynamic")
 
-    def apply(self, guest: str, step: str, bundle: Optional[str] = None, env: Optional[dict] = None,
+    def apply(self, guest: str, step: str, bundle: str | None = None, env: dict | None = None,
               check: bool = True) -> subprocess.CompletedProcess:
         """The plan's step ``<guest>-<step>`` as the guest runs it, with ``bundle`` when given."""
         result = run_step(self.steps[guest][step], {**self.env, **(env or {})}, bundle)
@@ -168,7 +166,7 @@ class MeshLab:
         log = self.tmp / "named.log"
         with open(log, "w") as out:
             named = self.procs.start(["named", "-g", "-u", "bind"], stdout=out, stderr=subprocess.STDOUT)
-        wait_until(lambda: named.poll() is None and subprocess.run(["rndc", "status"], capture_output=True)
+        wait_until(lambda: named.poll() is None and subprocess.run(["rndc", "status"], capture_output=True, check=False)
                    .returncode == 0, 15, f"named to answer rndc ({log})", 0.1)
         self.apply(self.dns, "bind-config")
         Path("/etc/resolv.conf").unlink()
@@ -229,9 +227,10 @@ class MeshLab:
     # -- using it ---------------------------------------------------------------------------------
     def systemctl(self, *args: str) -> subprocess.CompletedProcess:
         """``systemctl ARGS`` on the mesh guest (the lab's systemd, tests/units.py)."""
-        return subprocess.run(["systemctl", *args], env=self.env, capture_output=True, text=True, timeout=120)
+        return subprocess.run(["systemctl", *args], env=self.env, capture_output=True, text=True, timeout=120,
+                              check=False)
 
-    def traefik_pid(self) -> Optional[int]:
+    def traefik_pid(self) -> int | None:
         return self.units.main_pid("traefik")
 
     def traefik_log(self) -> str:
@@ -265,10 +264,10 @@ class MeshLab:
         address = str(self.topo.lab.guest(guest).address)
         argv = ["nsenter", f"--net={self.network.ns}", "--", "curl", "-sS", "--max-time", "10", "--noproxy", "*",
                 "--cacert", str(self.root_ca), "--interface", address, *args, url]
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
 
-    def request(self, entrypoint: str, host: str, sni: Optional[str] = None, path: str = "/",
-                cert: Optional[tuple[Path, Path]] = None, **kw):
+    def request(self, entrypoint: str, host: str, sni: str | None = None, path: str = "/",
+                cert: tuple[Path, Path] | None = None, **kw):
         """A client of the mesh's ``entrypoint``: SNI ``sni`` (``host`` by default), Host ``host``;
         verifies the served chain against the plan's root, presents ``cert``."""
         kw.setdefault("ctx", client_context(str(self.root_ca), cert))
@@ -278,13 +277,13 @@ class MeshLab:
         """The dynamic configuration the plan pushes (its file, parsed)."""
         return yaml.safe_load(self.files[self.mesh][mesh_render.DYNAMIC_PATH][0].content)
 
-    def served_chain(self, entrypoint: str, sni: str, cert: Optional[tuple[Path, Path]] = None) -> list[str]:
+    def served_chain(self, entrypoint: str, sni: str, cert: tuple[Path, Path] | None = None) -> list[str]:
         """The certificates the entrypoint serves for ``sni``, leaf first, as PEM (openssl s_client)."""
         argv = ["openssl", "s_client", "-connect", f"{self.mesh_address}:{self.ports[entrypoint]}",
                 "-servername", sni, "-showcerts"]
         if cert:
             argv += ["-cert", str(cert[0]), "-key", str(cert[1])]
-        out = subprocess.run(argv, input="", capture_output=True, text=True, timeout=15).stdout
+        out = subprocess.run(argv, input="", capture_output=True, text=True, timeout=15, check=False).stdout
         return re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----\n", out, re.S)
 
 

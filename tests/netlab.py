@@ -30,7 +30,6 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from typing import Optional
 
 import pytest
 
@@ -86,9 +85,9 @@ def free_addresses(networks: list[str]) -> list[str]:
     return removed
 
 
-def run(*argv: str, netns: Optional[int] = None, input: Optional[str] = None) -> str:
+def run(*argv: str, netns: int | None = None, input: str | None = None) -> str:
     prefix = ["nsenter", "-t", str(netns), "--net", "--"] if netns else []
-    done = subprocess.run([*prefix, *argv], capture_output=True, text=True, input=input)
+    done = subprocess.run([*prefix, *argv], capture_output=True, text=True, input=input, check=False)
     if done.returncode:
         raise RuntimeError(f"{' '.join(argv)}: {done.stderr.strip()}")
     return done.stdout
@@ -105,7 +104,7 @@ class Namespace:
     def pid(self) -> int:
         return self.holder.pid
 
-    def up(self) -> "Namespace":
+    def up(self) -> Namespace:
         self.holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "infinity"], start_new_session=True)
         deadline = time.monotonic() + 5
         while _netns(self.pid) == _netns("self"):
@@ -136,7 +135,7 @@ class World:
         self.internet = Namespace("internet")
         self.operator = Namespace("operator")
 
-    def up(self) -> "World":
+    def up(self) -> World:
         run("ip", "link", "add", WAN, "type", "bridge")
         self.links.append(WAN)
         run("ip", "addr", "add", f"{ROUTER_WAN}/{WAN_PREFIX}", "dev", WAN)
@@ -177,11 +176,11 @@ table ip {NAT_TABLE} {{
         run("nft", "-f", "-", input=rules)
 
     def down(self) -> None:
-        subprocess.run(["nft", "delete", "table", "ip", NAT_TABLE], capture_output=True)
+        subprocess.run(["nft", "delete", "table", "ip", NAT_TABLE], capture_output=True, check=False)
         for ns in (self.operator, self.internet):
             ns.down()
         for link in reversed(self.links):
-            subprocess.run(["ip", "link", "del", link], capture_output=True)
+            subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
         self.links.clear()
 
 

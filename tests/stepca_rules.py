@@ -111,7 +111,8 @@ class X509Policy:
             raise ValueError(f"cannot parse domain constraint {constraint!r}")
         if len(names) != len(wanted) + one_more:
             return False
-        return all(a.lower() == b.lower() for a, b in zip(wanted, names))
+        # labels compared from the top; with a leading dot the name has one label more
+        return all(a.lower() == b.lower() for a, b in zip(wanted, names, strict=False))
 
     def _check(self, name, permitted, excluded, match) -> str | None:
         if any(match(name, c) for c in excluded):
@@ -144,9 +145,9 @@ class X509Policy:
         """validateCommonName: an explicitly allowed CN passes; otherwise the CN as a SAN."""
         if self.total == 0 or not cn:
             return None
-        if self.permitted_cn or self.excluded_cn:
-            if self._check(cn.lower(), self.permitted_cn, self.excluded_cn, lambda a, b: a == b) is None:
-                return None
+        if (self.permitted_cn or self.excluded_cn) and self._check(
+                cn.lower(), self.permitted_cn, self.excluded_cn, lambda a, b: a == b) is None:
+            return None
         return self.refusal(cn)
 
 

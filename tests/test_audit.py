@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from conftest import SHIPPED_STACKS, edited, stack_config, shipped_plan
+from conftest import SHIPPED_STACKS, edited, shipped_plan, stack_config
 from phoenix import cli
 from phoenix.artifacts import render_all
 from phoenix.audit import audit
@@ -67,7 +67,7 @@ def test_shipped_stacks_pass_and_the_summary_walks_every_hop_of_every_route(stac
                                 f"https://{topo.mesh.address}:443 (entrypoint internal) from the guests "
                                 f"({topo.lab.network.cidr}): Step-CA certificate for {', '.join(sorted(names))}; "
                                 "circuit-breaker -> retry")
-        for b, line in zip(route.backends, block[-len(route.backends):]):
+        for b, line in zip(route.backends, block[-len(route.backends):], strict=True):
             assert line.startswith("    mesh -> backend: router ") and f"-> {b.url}: " in line
             if b.scheme == "https":
                 assert f": https, verify {topo.replica_tls_name(s, b.guest)} against the Phoenix root; certificate " \

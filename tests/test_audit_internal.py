@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import pytest
 
+import test_audit
 from phoenix.render import mesh as mesh_render
 from phoenix.render.mesh import MTLS_OPTION
 from phoenix.topology import ROOT_CA_TRUST_PATH
-from test_audit import broken, dev  # noqa: F401  (fixtures)
+from test_audit import broken
+
+#: test_audit's fixture (the dev plan's topology and artifacts), collected here too
+dev = test_audit.dev
 
 
 def test_gateway_entrypoint_trusting_the_phoenix_root(dev):
@@ -57,8 +61,9 @@ def test_a_mesh_closed_to_the_guests(dev):
         art.firewall["mesh"] = [r for r in art.firewall["mesh"] if r.dport != 443]
     topo, _art = dev
     clients = ", ".join(str(g.address) for g in topo.lab.guests if g.name != "mesh")
+    hosts = ("llm.lab.internal", "portainer-ui.lab.internal")
     assert broken(dev, edit) == [f"internal route {h}: the mesh's firewall does not let the guests ({clients}) reach "
-                                 "entrypoint internal (tcp/443)" for h in ("llm.lab.internal", "portainer-ui.lab.internal")]
+                                 "entrypoint internal (tcp/443)" for h in hosts]
 
 
 def test_a_name_outside_the_cas_policy(dev):

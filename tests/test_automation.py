@@ -205,7 +205,7 @@ def test_missing_pulumi_is_one_clear_line_and_exit_1():
     assert shutil.which("pulumi", path=env["PATH"]) is None
     for op in (["preview"], ["up", "--yes"], ["refresh"], ["destroy", "--yes"], ["drift"]):
         done = subprocess.run([*PHOENIX, *op, "--stack", "dev"], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == Exit.FAILED, (op, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
@@ -231,7 +231,7 @@ def test_module_raises_pulumi_missing_with_the_install_hint(monkeypatch):
 ])
 def test_bad_input_exits_2_with_the_problem_named(argv, expected):
     done = subprocess.run([*PHOENIX, *argv], cwd=ROOT, env=without_pulumi_env(),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     assert all(line.startswith("error: ") for line in done.stderr.strip().splitlines())
@@ -246,7 +246,7 @@ def test_a_bad_stack_config_is_refused_before_pulumi_runs(tmp_path, fake_pulumi)
     (project / "Pulumi.dev.yaml").write_text(text)
     shutil.copytree(ROOT / "configs", project / "configs")
     done = subprocess.run([*PHOENIX, "preview", "--stack", "dev", "--cwd", str(project)], cwd=ROOT,
-                          env=os.environ, capture_output=True, text=True, timeout=120)
+                          env=os.environ, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 2, done.stderr
     assert "phoenix:guests[1].id" in done.stderr
     assert calls() == []        # the pulumi CLI was never started
@@ -340,7 +340,7 @@ def test_drift_is_a_refreshing_preview_that_expects_no_changes(fake_pulumi):
 def drift_exit(set_scenario, **scenario) -> subprocess.CompletedProcess:
     set_scenario(**scenario)
     return subprocess.run([*PHOENIX, "drift", "--quiet"], cwd=ROOT, env=os.environ,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def test_cli_drift_exit_codes_tell_drift_from_no_drift_from_a_failed_check(fake_pulumi):
@@ -362,7 +362,7 @@ def test_cli_up_json_result_masks_secrets(fake_pulumi):
     env = {**os.environ, "PHOENIX_TEST_PW": SECRET}
     done = subprocess.run([*PHOENIX, "up", "--stack", "dev", "--yes", "--json", "--quiet",
                            "--secret-env", "phoenix:proxmoxPassword=PHOENIX_TEST_PW"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["outputs"]["rootCaCertificate"] == "[secret]" and result["secretOutputs"] == ["rootCaCertificate"]
@@ -398,7 +398,7 @@ def test_a_stack_name_the_backend_does_not_know_is_an_error_naming_it(fake_pulum
     set_scenario, calls = fake_pulumi
     set_scenario(**CHANGED, stacks=["dev"])
     argv = [*PHOENIX, op, "--stack", "cluster", "--quiet"] + (["--yes"] if op == "destroy" else [])
-    done = subprocess.run(argv, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(argv, cwd=ROOT, env=os.environ, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == Exit.BAD_INPUT, (done.stdout, done.stderr)
     assert "error: --stack: no stack named 'cluster' in the Pulumi backend" in done.stderr
     assert "Traceback" not in done.stderr
@@ -414,7 +414,8 @@ def test_only_up_creates_a_stack_and_only_one_the_project_has_a_stack_file_for(f
         PhoenixStack("dev")                                   # select only: refused
     created = PhoenixStack("dev", create=True)                # Pulumi.dev.yaml is in the project
     assert created.name == "dev"
-    inits = [a for a in ([x for x in c["argv"] if x != "--non-interactive"] for c in calls()) if a[:2] == ["stack", "init"]]
+    argvs = ([x for x in c["argv"] if x != "--non-interactive"] for c in calls())
+    inits = [a for a in argvs if a[:2] == ["stack", "init"]]
     assert [a[2] for a in inits] == ["dev"]
     with pytest.raises(automation.StackNotFound) as err:
         PhoenixStack("dve", create=True)                      # no Pulumi.dve.yaml: a typo, not a new stack

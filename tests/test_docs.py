@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 
-import pytest
-
 from conftest import ROOT
 from phoenix import docs, model
 from phoenix.model import OPERATOR_SECRETS
@@ -60,10 +58,12 @@ def _schema_has(path: list[str]) -> bool:
 def test_every_config_key_the_docs_name_exists():
     named = set()
     for page in DOCS:
-        named |= set(re.findall(r"(?<![:\w])phoenix:([a-zA-Z][a-zA-Z0-9]*(?:\.[a-zA-Z][a-zA-Z0-9]*)*)", page.read_text()))
+        named |= set(re.findall(r"(?<![:\w])phoenix:([a-zA-Z][a-zA-Z0-9]*(?:\.[a-zA-Z][a-zA-Z0-9]*)*)",
+                                page.read_text()))
     assert named, "the docs name no config key"
     # Secrets the program reads besides the model: the operator's, and the optional API token.
     import inspect
+
     from phoenix import program
     secrets = set(OPERATOR_SECRETS)
     assert '"proxmoxApiToken"' in inspect.getsource(program.provider)
@@ -105,6 +105,7 @@ def test_adding_a_service_shows_what_the_real_plan_generates():
     """The page's example entry, added to the dev catalog, changes exactly the steps and files
     its table lists (so the page cannot drift from the program)."""
     import yaml
+
     from conftest import edited, shipped_plan
     from phoenix import diff
     from phoenix.plan import make_plan

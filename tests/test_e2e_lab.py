@@ -139,7 +139,7 @@ def test_verify_passes_against_the_lab_replayed_from_the_plan(e2e):
     assert certs == lines[-1 - len(certs):-1] and len(certs) > 8
     days = [float(line.split(" -> ", 1)[1].split()[0]) for line in certs]
     assert days == sorted(days), certs
-    assert by_key[("cert/intermediate", "ca.lab.internal")].startswith(f"ok   cert/intermediate ca.lab.internal -> ")
+    assert by_key[("cert/intermediate", "ca.lab.internal")].startswith("ok   cert/intermediate ca.lab.internal -> ")
     assert f"({issuer}, issued by " in by_key[("cert/intermediate", "ca.lab.internal")]
     assert f"(mesh.lab.internal, issued by {issuer}; " in by_key[("cert/internal", "mesh.lab.internal")]
     root_days = float(by_key[("cert/root", str(e2e.root_ca))].split(" -> ", 1)[1].split()[0])

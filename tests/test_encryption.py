@@ -20,8 +20,7 @@ import yaml
 
 from conftest import SHIPPED_STACKS, stack_config
 from phoenix.plan.writer import COMMAND, command_guest, pushed_files
-from phoenix.render import mesh
-from phoenix.render import trust
+from phoenix.render import mesh, trust
 from phoenix.render import workloads as wl
 from phoenix.topology import ROOT_CA_TRUST_PATH, tls_paths
 

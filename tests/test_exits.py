@@ -40,7 +40,7 @@ def run_drift_step(tmp_path: Path, code: int) -> subprocess.CompletedProcess:
     fake.write_text(f"#!/bin/sh\nexit {code}\n")
     fake.chmod(0o755)
     return subprocess.run(["bash", "-e", "-c", drift_step()], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "STACK": "dev"}, timeout=30)
+                          env={**os.environ, "STACK": "dev"}, timeout=30, check=False)
 
 
 def test_the_deploy_workflow_tells_drift_from_a_check_that_could_not_run(tmp_path):
@@ -55,6 +55,6 @@ def test_the_deploy_workflow_tells_drift_from_a_check_that_could_not_run(tmp_pat
 
 def test_verify_as_a_module_ends_through_the_same_table():
     done = subprocess.run([sys.executable, "-m", "phoenix.verify", "--stack", "dev", "--timeout", "0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == Exit.BAD_INPUT, done.stderr
     assert done.stderr == "error: --timeout: 0.0 must be more than 0 and at most 120 seconds\n"

@@ -145,7 +145,7 @@ def timer_run(glab, env: dict) -> subprocess.CompletedProcess:
              if line.startswith("ExecStart=")][-1]
     # certbot waits a random delay of up to 8 minutes when no terminal is attached (from a timer)
     return subprocess.run(["bash", "-c", f'{start} "$@"', "timer", "--no-random-sleep-on-renew"],
-                          env=env, capture_output=True, text=True, timeout=180)
+                          env=env, capture_output=True, text=True, timeout=180, check=False)
 
 
 def served(glab) -> bytes:
@@ -179,7 +179,7 @@ def test_a_renewal_whose_reload_fails_is_installed_by_the_next_timer_run(issued,
     second = timer_run(lab, env)
     assert second.returncode == 0, second.stdout + second.stderr
     assert served(lab) == renewed
-    assert dt.datetime.now(dt.timezone.utc) < expires        # installed before the old one expired
+    assert dt.datetime.now(dt.UTC) < expires        # installed before the old one expired
     status_code, _, _, _ = https(lab.servers[0].host, ctx=client_context(str(lab.acme_root)), source="127.0.0.2")
     assert status_code == 200
     # a third run changes nothing

@@ -41,8 +41,23 @@ from cryptography import x509
 
 from components.gateway import STEP_NGINX
 from conftest import shipped_plan
-from gateway_harness import (WS_GUID, GatewayLab, GuestRoot, brought_up, client_context, file_leaf, https, read_head,
-                             run_step, served_leaf, tls_socket, wait_until, with_file, ws_frame, ws_read)
+from gateway_harness import (
+    WS_GUID,
+    GatewayLab,
+    GuestRoot,
+    brought_up,
+    client_context,
+    file_leaf,
+    https,
+    read_head,
+    run_step,
+    served_leaf,
+    tls_socket,
+    wait_until,
+    with_file,
+    ws_frame,
+    ws_read,
+)
 from lab import Processes, require_isolated, require_tools
 from phoenix.plan.writer import bundle_of
 from phoenix.render import gateway as gw
@@ -71,11 +86,11 @@ def test_plan_steps_take_over_debians_nginx(glab):
     """nginx -t passes on the plan's files laid over Debian's tree, and nginx serves them."""
     applied = glab.results[STEP_NGINX]
     assert "files applied" in applied.stdout
-    check = subprocess.run(["nginx", "-t"], capture_output=True, text=True)
+    check = subprocess.run(["nginx", "-t"], capture_output=True, text=True, check=False)
     assert check.returncode == 0 and "syntax is ok" in check.stderr, check.stderr
     # Debian's default site (listen 80 default_server) is still on disk and does not clash.
     assert Path("/etc/nginx/sites-enabled/default").exists()
-    dump = subprocess.run(["nginx", "-T"], capture_output=True, text=True).stdout
+    dump = subprocess.run(["nginx", "-T"], capture_output=True, text=True, check=False).stdout
     assert "# configuration file /etc/nginx/sites-enabled/default" not in dump
     for path in (gw.NGINX_CONF, gw.SITES_CONF):
         assert Path(path).read_text() == glab.files[path].content
@@ -94,7 +109,7 @@ def test_cluster_stack_passes_nginx_t_too(glab, tmp_path):
     try:
         for f in bundle_of(nginx_step):
             root.write(f.path, f.content, f.mode)
-        check = subprocess.run(["nginx", "-t"], capture_output=True, text=True)
+        check = subprocess.run(["nginx", "-t"], capture_output=True, text=True, check=False)
         assert check.returncode == 0, check.stderr
         assert all(f"server_name {h};" in Path(gw.SITES_CONF).read_text() for h in plan.topo.public_hosts)
     finally:
@@ -285,7 +300,7 @@ def test_access_log_has_upstream_timing(glab):
     https(host, "/timed", source="127.0.0.2")
     log = Path("/var/log/nginx/access.log")
     wait_until(lambda: "/timed" in log.read_text(), 5, "the access log line")
-    line = [l for l in log.read_text().splitlines() if "/timed" in l][-1]
+    line = [x for x in log.read_text().splitlines() if "/timed" in x][-1]
     assert f'"{host}"' in line and f"ua={server.upstream_address}:{server.upstream_port}" in line
     for field in ("rt", "uct", "uht", "urt"):
         value = line.split(f" {field}=")[1].split()[0]
@@ -302,7 +317,7 @@ def test_certificate_from_acme_is_served(issued):
     copy_key = served / "privkey.pem"
     assert copy_key.stat().st_uid == 0 and copy_key.stat().st_mode & 0o077 == 0
     for server in lab.servers:   # verified as a browser would, against the ACME CA's root
-        wait_until(lambda: served_leaf(server.host, lab.gateway_address) == file_leaf(live / "cert.pem"),
+        wait_until(lambda server=server: served_leaf(server.host, lab.gateway_address) == file_leaf(live / "cert.pem"),
                    10, "nginx to serve the issued certificate")
         status, _, _, _ = https(server.host, ctx=client_context(str(lab.acme_root)), source="127.0.0.2")
         assert status == 200
@@ -318,7 +333,7 @@ def test_certificate_from_acme_is_served(issued):
 def renewal_command() -> list[str]:
     """What Debian's certbot timer runs: its service's ExecStart, as the plan's drop-in sets it."""
     units = [Path("/lib/systemd/system/certbot.service"), Path(gw.RENEW_DROPIN)]
-    starts = [l.split("=", 1)[1] for u in units for l in u.read_text().splitlines() if l.startswith("ExecStart=")]
+    starts = [x.split("=", 1)[1] for u in units for x in u.read_text().splitlines() if x.startswith("ExecStart=")]
     return shlex.split(starts[-1])
 
 
@@ -348,7 +363,7 @@ def test_forced_renewal_serves_the_new_certificate_without_a_failed_request(issu
     worker.start()
     try:
         renew = subprocess.run(["certbot", "-q", "renew", "--force-renewal", "--no-random-sleep-on-renew"],
-                               capture_output=True, text=True, env=lab.acme_env, timeout=60)
+                               capture_output=True, text=True, env=lab.acme_env, timeout=60, check=False)
         assert renew.returncode == 0, renew.stdout + renew.stderr
         after = file_leaf(f"{gw.LIVE_DIR}/cert.pem")
         assert after != before
@@ -383,9 +398,9 @@ def test_mesh_certificate_not_from_the_phoenix_ca_gives_502(glab):
     chain, key = other_ca.issue([server.ssl_name])
     wrong_name = glab.pki.ca.issue(["not-the-mesh.example"])
     try:
-        for chain, key_pem in ((chain + other_ca.cert_pem, key), wrong_name):
+        for served_chain, key_pem in ((chain + other_ca.cert_pem, key), wrong_name):
             glab.mesh_log_mark = Path("/var/log/nginx/error.log").stat().st_size
-            glab.start_mesh(chain, key_pem)
+            glab.start_mesh(served_chain, key_pem)
             status, _, _, _ = https(server.host, source="127.0.0.2")
             assert status == 502
             errors = Path("/var/log/nginx/error.log").read_text()[glab.mesh_log_mark:]

@@ -8,6 +8,7 @@ import shlex
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 
 from components.gateway import STEP_CLIENT_CERT, STEP_INSTALL, STEP_NGINX, STEP_PLACEHOLDER, STEP_PUBLIC_CERT, STEPS
 from conftest import edited
@@ -15,7 +16,6 @@ from phoenix.bundle import digest
 from phoenix.plan import make_plan
 from phoenix.plan.writer import COMMAND, bundle_of, pushed_files
 from phoenix.render import gateway as gw
-from cryptography.hazmat.primitives import serialization
 
 
 def step(plan, name):
@@ -44,8 +44,11 @@ def test_steps_run_on_the_gateway_guest_with_nginx_own_hooks(any_plan):
 
 def test_steps_wait_for_the_guest_and_for_each_other(any_plan):
     guest = any_plan.topo.gateway.name
-    urn = lambda name: any_plan.run.urn_of(f"{guest}-{name}")
-    ready = [urn("bootstrap")] + ([urn("trust")] if f"{guest}-trust" in {r.name for r in any_plan.run.resources} else [])
+
+    def urn(name: str) -> str:
+        return any_plan.run.urn_of(f"{guest}-{name}")
+    has_trust = f"{guest}-trust" in {r.name for r in any_plan.run.resources}
+    ready = [urn("bootstrap")] + ([urn("trust")] if has_trust else [])
     for name in STEPS:
         deps = step(any_plan, name).dependencies
         assert all(u in deps for u in ready), (name, deps)
@@ -76,7 +79,8 @@ def test_client_certificate_is_the_programs_signed_by_the_gateway_client_ca(any_
     ca.verify_directly_issued_by(root)
     names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     assert names == gw.client_certificate_names(any_plan.topo)
-    assert list(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]
     key = serialization.load_pem_private_key(files[gw.CLIENT_TLS.key].content.encode(), None)
     assert key.public_key().public_numbers() == leaf.public_key().public_numbers()
     # Step-CA's intermediate signs everything else; it did not sign this one

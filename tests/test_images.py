@@ -60,7 +60,7 @@ def test_a_checksum_must_fit_its_algorithm():
 def test_the_shipped_stacks_carry_only_dated_https_urls_and_the_marked_placeholder():
     for name in ("dev", "cluster"):
         lab = parse_lab(stack_config(name).phoenix())
-        for key, image in lab.images.items():
+        for image in lab.images.values():
             assert image.url.startswith("https://") and "latest" not in image.url
             assert image.checksum == UNPINNED       # replaced by the operator before a deployment
         assert {line.split(":")[1].split(".")[1] for line in deploy_readiness(lab)

@@ -20,8 +20,16 @@ from conftest import ROOT, edited, shipped_plan
 from phoenix import diff
 from phoenix.plan import make_plan
 from phoenix.plan.engine import reveal
-from phoenix.resource_types import (COMMAND, CONTAINER, DOWNLOAD, FILE, GUEST_FIREWALL_TYPES, GUEST_TYPES,
-                                    SELF_SIGNED_CERT, VM)
+from phoenix.resource_types import (
+    COMMAND,
+    CONTAINER,
+    DOWNLOAD,
+    FILE,
+    GUEST_FIREWALL_TYPES,
+    GUEST_TYPES,
+    SELF_SIGNED_CERT,
+    VM,
+)
 
 
 def test_every_resource_with_a_fixed_identity_is_replaced_delete_first(any_plan):
@@ -134,13 +142,13 @@ def test_phoenix_diff_reports_hazards_as_errors_after_the_diff(tmp_path):
     shipped_plan("dev").write(tmp_path / "base")
     make_plan(edited("dev", move)).write(tmp_path / "new")
     done = subprocess.run([sys.executable, "-m", "phoenix.cli", "diff", str(tmp_path / "base"),
-                           str(tmp_path / "new"), "--no-files"], cwd=ROOT, capture_output=True, text=True)
+                           str(tmp_path / "new"), "--no-files"], cwd=ROOT, capture_output=True, text=True, check=False)
     assert done.returncode == 2, done.stderr
     assert "HAZARDS (1)" in done.stdout and "+- replace  gateway" in done.stdout
     assert done.stderr.startswith("error: gateway: container gateway would move pve -> pve2")
     assert "pct migrate 101 pve2" in done.stderr and done.stderr.count("\n") == 1
     same = subprocess.run([sys.executable, "-m", "phoenix.cli", "diff", str(tmp_path / "base"),
-                           str(tmp_path / "base")], cwd=ROOT, capture_output=True, text=True)
+                           str(tmp_path / "base")], cwd=ROOT, capture_output=True, text=True, check=False)
     assert same.returncode == 0 and "no changes" in same.stdout
 
 

@@ -46,7 +46,7 @@ def copy_stack(where: Path, catalog_path: str) -> Path:
 
 def phoenix(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "phoenix.cli", *argv], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=300, check=False)
 
 
 @pytest.mark.parametrize("catalog_path", ["configs/catalog/dev.yaml", "catalogs/only-here.yaml"])
@@ -173,6 +173,7 @@ def test_the_program_under_pulumi_up_deploys_what_the_plan_shows():
 
 def test_pulumi_up_refuses_a_misspelt_top_level_key_as_validate_does():
     import pulumi
+
     from phoenix.plan import with_placeholder_secrets
     from phoenix.plan.engine import run_program
     stack, _ = with_placeholder_secrets(edited("dev", pinned))

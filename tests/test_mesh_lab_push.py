@@ -67,7 +67,7 @@ def edited_push(lab, edit) -> str:
 def health(lab, *args: str, timeout: int = 5) -> subprocess.CompletedProcess:
     """The mesh's health check, as phoenix-apply runs it."""
     return subprocess.run(["bash", m.HEALTH_SCRIPT, *args], capture_output=True, text=True, timeout=60,
-                          env={**lab.env, **within(timeout)})
+                          env={**lab.env, **within(timeout)}, check=False)
 
 
 def test_the_dynamic_step_passes_on_the_running_mesh(lab):
@@ -89,7 +89,8 @@ def test_a_file_traefik_rejects_is_rolled_back_naming_what_is_missing(lab):
         http["routers"]["extra-internal"] = {**http["routers"][f"{first}-internal"], "service": "extra",
                                              "rule": f"Host(`{lab.topo.fqdn('extra')}`)"}
         http["services"]["extra"] = json.loads(json.dumps(http["services"][first]))
-        http["services"]["extra"].setdefault("loadBalancer", {})["healthCheck"] = {"path": "/", "interval": "ten seconds"}
+        balancer = http["services"]["extra"].setdefault("loadBalancer", {})
+        balancer["healthCheck"] = {"path": "/", "interval": "ten seconds"}
     result = lab.apply(lab.mesh, "traefik-dynamic", edited_push(lab, add_service), env=within(4), check=False)
     assert result.returncode == 1
     assert "traefik-dynamic: health failed; previous files restored" in result.stderr

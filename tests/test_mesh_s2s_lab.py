@@ -210,7 +210,8 @@ def test_the_order_the_mesh_had_before_turns_a_stopped_replica_into_a_503_burst(
     statuses = [s for s, _ in got]
     assert 503 in statuses, got
     tripped = statuses.index(503)
-    assert statuses[tripped:] == [503] * (len(statuses) - tripped) and len(statuses) - tripped >= len(statuses) // 2, got
+    open_for = len(statuses) - tripped
+    assert statuses[tripped:] == [503] * open_for and open_for >= len(statuses) // 2, got
     assert yaml.safe_load(Path(m.DYNAMIC_PATH).read_text()) == lab.planned_dynamic()
     both_answer(lab, caller(lab, llm), lab.topo.service_fqdn(llm), llm.guests)
 

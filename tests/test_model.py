@@ -51,7 +51,8 @@ def test_duplicate_address():
 def test_address_outside_subnet():
     def edit(raw):
         raw["guests"][guest_index(raw, "ca")]["address"] = "10.99.0.13"
-    assert "phoenix:guests[3].address: 10.99.0.13 is outside the network 10.20.0.0/24" in problems_of(edited("dev", edit))
+    problems = problems_of(edited("dev", edit))
+    assert "phoenix:guests[3].address: 10.99.0.13 is outside the network 10.20.0.0/24" in problems
 
 
 def test_address_equal_to_gateway():
@@ -87,7 +88,8 @@ def test_service_on_unknown_guest():
 def test_public_service_without_public_host():
     def edit(raw):
         del raw["services"][service_index(raw, "llm")]["publicHost"]
-    assert "phoenix:services[0].publicHost: service 'llm' is public but has no publicHost" in problems_of(edited("dev", edit))
+    problems = problems_of(edited("dev", edit))
+    assert "phoenix:services[0].publicHost: service 'llm' is public but has no publicHost" in problems
 
 
 def test_two_services_claim_one_host():
@@ -161,7 +163,7 @@ def test_cli_refuses_bad_input_with_exit_2_and_no_traceback(tmp_path):
     bad = tmp_path / "Pulumi.bad.yaml"
     bad.write_text(yaml.safe_dump(doc))
     proc = subprocess.run([sys.executable, "-m", "phoenix.cli", "plan", "--config-file", str(bad),
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT)
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr + proc.stdout
     lines = proc.stderr.strip().splitlines()
@@ -173,6 +175,7 @@ def test_cli_refuses_bad_input_with_exit_2_and_no_traceback(tmp_path):
 def test_missing_required_secret_stops_the_program_before_any_resource():
     """The real program (not the plan's placeholders) refuses a stack without its secrets."""
     import pulumi
+
     from phoenix.plan.engine import run_program
     with pytest.raises(pulumi.RunError) as info:
         run_program(stack_config("dev"))
@@ -184,6 +187,7 @@ def test_missing_required_secret_stops_the_program_before_any_resource():
 
 def test_secret_set_in_clear_is_refused():
     import pulumi
+
     from phoenix.plan.engine import run_program
     stack = stack_config("dev")
     stack.values["phoenix:proxmoxPassword"] = "hunter2hunter2"
@@ -207,6 +211,7 @@ def test_json_schema_names_every_section_by_config_key():
 def test_a_real_deployment_refuses_unpinned_release_checksums_before_any_resource():
     """The plan warns about missing release pins; `pulumi up` refuses them before creating anything."""
     import pulumi
+
     from phoenix.plan import make_plan, with_placeholder_secrets
     from phoenix.plan.engine import run_program
     warnings = make_plan(stack_config("dev")).warnings
@@ -272,7 +277,7 @@ def test_an_api_token_is_refused_while_a_guest_needs_root_at_pam_naming_both_key
     assert len(gpu) == 3
     lines = [p for p in info.value.problems if p.startswith("phoenix:proxmoxApiToken: ")]
     assert len(lines) == len(gpu)
-    for i, line in zip(gpu, lines):
+    for i, line in zip(gpu, lines, strict=True):
         assert f"cannot write phoenix:guests[{i}].gpus (device passthrough" in line
         assert "root@pam with a password" in line and "phoenix:proxmoxPassword" in line
 

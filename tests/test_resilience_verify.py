@@ -21,7 +21,7 @@ from cryptography import x509
 from conftest import SHIPPED_STACKS, edited, stack_config
 from lab import require_isolated
 from phoenix.loader import load_stack
-from phoenix.verify import all_checks, as_json, Result, plan_checks
+from phoenix.verify import Result, all_checks, as_json, plan_checks
 from phoenix.verify_checks import VerifyOptions
 from phoenix.verify_expiry import certificate_checks, expiry, served_chain
 from testpki import TestCA, save
@@ -53,7 +53,7 @@ def test_every_certificate_verify_meets_is_one_check_with_the_models_threshold(s
 
 def test_the_threshold_is_the_models_days_or_a_quarter_of_a_short_lifetime():
     ca = TestCA("Expiry Test Root", days=3650)
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     day = x509.load_pem_x509_certificate(ca.issue(["leaf.lab.internal"], days=1)[0].encode())  # lives 25 hours
     assert expiry(day, 14, now)[0] is True
     ok, detail, days = expiry(day, 14, now + dt.timedelta(hours=19))   # 5 hours left

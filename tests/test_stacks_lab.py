@@ -75,7 +75,7 @@ class StacksLab(ScriptLab):
         s, agent = grafana(topo)
         script = Path(self.remap(st.script_path(s, agent)))
         return subprocess.run(["bash", str(script), *args], capture_output=True, text=True, env=self.env(**env),
-                              timeout=120)
+                              timeout=120, check=False)
 
     def calls_since(self, mark: int) -> list[str]:
         return self.state()["log"][mark:]
@@ -157,7 +157,8 @@ def test_a_changed_compose_file_updates_the_stack_in_place(slab):
     assert "updated stack phoenix-grafana on agent-1" in out.stdout
     [after] = slab.state()["stacks"]
     assert after["Id"] == before["Id"] and "grafana/grafana-oss:11.3.2" in after["_file"]
-    assert slab.containers()[APP]["Image"] == "grafana/grafana-oss:11.3.2" and slab.containers()[APP]["Id"] != app_before
+    app = slab.containers()[APP]
+    assert app["Image"] == "grafana/grafana-oss:11.3.2" and app["Id"] != app_before
     assert f"PUT /api/stacks/{before['Id']}?endpointId={environment_id(slab)} application/json -> 200" \
         in slab.calls_since(mark)
     slab.topo = changed
@@ -234,7 +235,8 @@ def test_a_port_taken_on_the_agent_fails_the_deploy_with_portainers_message(slab
     slab.portainer.run_by_hand(f"{agent.address}:9001", "someones-nginx", "nginx:1.27", [3443])
     out = slab.deploy(slab.topo, "another-rotation-5512")
     assert out.returncode != 0
-    assert "Portainer could not update stack phoenix-grafana on agent-1: HTTP 500: failed to deploy a stack" in out.stderr
+    assert ("Portainer could not update stack phoenix-grafana on agent-1: HTTP 500: failed to deploy a stack"
+            in out.stderr)
     assert "Bind for 0.0.0.0:3443 failed: port is already allocated" in out.stderr
     assert "phoenix-grafana is not running until a deploy succeeds" in out.stderr
     assert set(slab.containers()) == {"someones-nginx"}               # Portainer took the stack down
@@ -312,8 +314,8 @@ def backend() -> None:  # pragma: no cover - child process
 
 def https_get(port: int, name: str, path: str, cafile: Path) -> tuple[int, dict]:
     ctx = ssl.create_default_context(cafile=str(cafile))
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        with ctx.wrap_socket(sock, server_hostname=name) as tls:
+    with (socket.create_connection(("127.0.0.1", port), timeout=5) as sock,
+          ctx.wrap_socket(sock, server_hostname=name) as tls):
             tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
             data = b""
             while chunk := tls.recv(65536):
@@ -336,12 +338,13 @@ def test_the_sidecar_serves_the_catalog_port_with_the_agents_certificate(tmp_pat
     prefix = tmp_path / "nginx"
     prefix.mkdir()
     (prefix / "sidecar.conf").write_text(conf)
-    temps = "\n".join(f"    {d}_temp_path {prefix}/{d}-temp;" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temps = "\n".join(f"    {d}_temp_path {prefix}/{d}-temp;" for d in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                                        "scgi"))
     (prefix / "nginx.conf").write_text(
         f"pid {prefix}/nginx.pid;\nerror_log {prefix}/error.log;\nevents {{}}\n"
         f"http {{\n    access_log {prefix}/access.log;\n{temps}\n    include {prefix}/sidecar.conf;\n}}\n")
     check = subprocess.run(["nginx", "-t", "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf")],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, check=False)
     assert check.returncode == 0, check.stderr
     procs.start([sys.executable, __file__, "backend"])
     procs.start(["nginx", "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf"), "-g", "daemon off;"])

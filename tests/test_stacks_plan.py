@@ -90,7 +90,8 @@ def test_certificates_are_obtained_on_the_agent_one_at_a_time_for_names_it_can_p
     for s, a in STEPS:
         cert = run.named(f"{a}-cert-{s}")
         assert cert.value("connection")["host"] == str(topo.lab.guest(a).address)
-        assert run.urn_of(f"{a}-acme-client") in cert.dependencies and run.urn_of("ca-step-ca-health") in cert.dependencies
+        assert run.urn_of(f"{a}-acme-client") in cert.dependencies
+        assert run.urn_of("ca-step-ca-health") in cert.dependencies
     assert run.urn_of("agent-1-cert-grafana") in run.named("agent-1-cert-whoami").dependencies  # port 80, one at a time
     grafana = files["agent-1"]["/usr/local/lib/phoenix/cert-grafana.sh"][0].content
     # grafana.lab.internal resolves to the mesh: the agent proves (and the mesh verifies) its own name
@@ -143,6 +144,7 @@ def test_a_stack_without_secrets_is_planned_in_the_clear():
 def test_a_missing_stack_secret_stops_a_real_deployment_with_its_key():
     """The real program refuses a stack secret that is not set, naming it, before any resource."""
     import pulumi
+
     from phoenix.plan import with_placeholder_secrets
     from phoenix.plan.engine import run_program
     stack, _ = with_placeholder_secrets(edited("dev", add_grafana))
@@ -182,7 +184,8 @@ def test_dns_mesh_gateway_and_firewall_follow_from_the_catalog_entry(plan, files
     internal = files["dns"]["/etc/bind/phoenix/zones/db.lab.internal.internal"][0].content
     # the services' names lead to the mesh, which balances over the agents
     assert f"grafana.lab.internal. IN A {topo.mesh.address}" in internal
-    assert f"whoami.lab.internal. IN A {topo.mesh.address}" in internal and "whoami.lab.internal. IN A 10.20.0.3" not in internal
+    assert f"whoami.lab.internal. IN A {topo.mesh.address}" in internal
+    assert "whoami.lab.internal. IN A 10.20.0.3" not in internal
     dynamic = yaml.safe_load(files["mesh"]["/etc/traefik/dynamic/phoenix.yaml"][0].content)["http"]
     servers = dynamic["services"]["grafana"]["loadBalancer"]["servers"]
     assert servers == [{"url": f"https://{agent.address}:3443"}]

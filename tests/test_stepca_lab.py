@@ -59,8 +59,17 @@ from phoenix.plan.writer import pushed_files
 from phoenix.render import trust as r
 from phoenix.render import workloads as wl
 from phoenix.topology import tls_paths
-from stepca_harness import (LOGIN_ENV, PlanLab, build_debs, certificates, chain_problems, common_name, dns_names,
-                            mirrored, wait_until)
+from stepca_harness import (
+    LOGIN_ENV,
+    PlanLab,
+    build_debs,
+    certificates,
+    chain_problems,
+    common_name,
+    dns_names,
+    mirrored,
+    wait_until,
+)
 from tools import step_ca, step_ca_sources_version
 
 pytestmark = pytest.mark.lab
@@ -104,9 +113,9 @@ def lab(tmp_path_factory):
         lab.up()
         lab.serve_mirror(debs)
         lab.timings = {"namespaces": time.monotonic() - started}
-        lab.issued_from = dt.datetime.now(dt.timezone.utc)
+        lab.issued_from = dt.datetime.now(dt.UTC)
         lab.replay([s for g in GUESTS for s in lab.steps_of(g, *STEPS[g])])
-        lab.issued_until = dt.datetime.now(dt.timezone.utc)
+        lab.issued_until = dt.datetime.now(dt.UTC)
         lab.timings["every step replayed"] = time.monotonic() - started
         lab.debs, lab.version, lab.binary = debs, version, binary
         yield lab

@@ -98,7 +98,8 @@ def lab(tmp_path_factory):
 
 
 def pems(lab):
-    out = lambda name: lab.plan.run.named(name).outputs["certPem"]
+    def out(name: str) -> str:
+        return lab.plan.run.named(name).outputs["certPem"]
     return out("root-ca-cert"), out("intermediate-ca-cert")
 
 
@@ -136,7 +137,7 @@ def test_certbot_obtains_renews_and_installs_for_the_service(lab, tmp_path):
 
     # 3. The timer, once the certificate is inside its renewal window: the plan's unit (its
     #    Environment, its ExecStart) renews it, the hook installs it after the config test, reloads.
-    left = (first.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds() // 3600 + 2
+    left = (first.not_valid_after_utc - dt.datetime.now(dt.UTC)).total_seconds() // 3600 + 2
     lab.login(mesh, ["sed", "-i", f"s/^renew_before_expiry.*/renew_before_expiry = {left:.0f} hours/", renewal])
     lab.login(mesh, ["touch", CONFIG_OK])
     fire = ["systemctl", "start", f"{r.RENEW_UNIT}.service"]

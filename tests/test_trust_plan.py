@@ -27,7 +27,7 @@ def urn(run, name: str) -> str:
 
 
 def pem_lines(pem: str) -> list[str]:
-    return [l for l in pem.strip().splitlines() if not l.startswith("-----")]
+    return [line for line in pem.strip().splitlines() if not line.startswith("-----")]
 
 
 def holds(text: str, pem: str) -> bool:

@@ -119,9 +119,9 @@ def test_step_ca_boots_from_the_plan_config(dev, tmp_path, procs):
     config["address"] = f"127.0.0.1:{port}"
     (home / "ca.json").write_text(json.dumps(config))
     (tmp_path / "root.pem").write_text(files[r.CA_ROOT].content)
-    log = open(tmp_path / "step-ca.log", "w")
-    proc = procs.start([binary, str(home / "ca.json")], stdout=log, stderr=subprocess.STDOUT,
-                       env={"PATH": os.environ["PATH"], "HOME": str(home)})
+    with open(tmp_path / "step-ca.log", "w") as log:     # step-ca writes to its own copy
+        proc = procs.start([binary, str(home / "ca.json")], stdout=log, stderr=subprocess.STDOUT,
+                           env={"PATH": os.environ["PATH"], "HOME": str(home)})
     try:
         wait_port("127.0.0.1", port, 15)
     except TimeoutError:
@@ -166,7 +166,7 @@ def test_every_generated_script_passes_shellcheck(tmp_path, dev):
     for i, (path, content) in enumerate(sorted(scripts)):
         target = tmp_path / f"{i}-{Path(path).name}"
         target.write_text(content)
-        out = subprocess.run(["shellcheck", "-s", "bash", str(target)], capture_output=True, text=True)
+        out = subprocess.run(["shellcheck", "-s", "bash", str(target)], capture_output=True, text=True, check=False)
         if out.returncode:
             failures.append(f"{path}:\n{out.stdout}")
     assert not failures, "\n".join(failures)
@@ -190,8 +190,9 @@ def test_systemd_units_verify(tmp_path, dev):
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("#!/bin/sh\n")
         target.chmod(0o755)
-    out = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True)
-    problems = [l for l in out.stderr.splitlines() if "step-ca" in l or "phoenix-acme" in l]
+    out = subprocess.run(["systemd-analyze", "verify", f"--root={root}", *units], capture_output=True, text=True,
+                         check=False)
+    problems = [x for x in out.stderr.splitlines() if "step-ca" in x or "phoenix-acme" in x]
     assert out.returncode == 0 and not problems, out.stderr
     unit = units[r.STEP_CA_UNIT]
     assert "User=step" in unit and f"ExecStart=/usr/bin/step-ca {r.CA_JSON}\n" in unit
@@ -230,7 +231,7 @@ def _run_install(text: str, bindir: Path, tmp_path: Path):
     script = tmp_path / "install.sh"
     script.write_text(text)
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
-    return subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=30)
+    return subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=30, check=False)
 
 
 def test_install_refuses_without_a_pinned_checksum(stubbed, tmp_path):
@@ -246,14 +247,14 @@ def test_install_refuses_a_package_that_does_not_match_its_pin(stubbed, tmp_path
     out = _run_install(r.ca_install_script(_lab(stepCaSha256="0" * 64, stepCliSha256=real)), bindir, tmp_path)
     assert out.returncode != 0
     assert "does not match its pinned sha256 " + "0" * 64 in out.stderr
-    installed = [l for l in log.read_text().splitlines() if l.startswith("dpkg")]
+    installed = [x for x in log.read_text().splitlines() if x.startswith("dpkg")]
     assert len(installed) == 1 and "step-cli" in installed[0], "only the matching step-cli may be installed"
 
 
 def test_install_installs_packages_that_match_their_pins(stubbed, tmp_path):
     bindir, log, real = stubbed
     out = _run_install(r.ca_install_script(_lab(stepCaSha256=real, stepCliSha256=real)), bindir, tmp_path)
-    installed = [l for l in log.read_text().splitlines() if l.startswith("dpkg")]
+    installed = [x for x in log.read_text().splitlines() if x.startswith("dpkg")]
     assert [("step-cli" in installed[0]), ("step-ca" in installed[1])] == [True, True]
     # The stub installed nothing real, so the script stops at its own post-install check.
     assert out.returncode != 0 and "did not install /usr/bin/step-ca" in out.stderr
@@ -271,7 +272,8 @@ def test_trust_files_install_the_programs_root(dev_plan_root=None):
     lab = _lab()
     topo = build(lab)
     files = {f.path: f for f in r.trust_files(topo, "ROOT-PEM", "ab" * 32)}
-    assert files[r.ROOT_PATH].content == files["/usr/local/share/ca-certificates/phoenix-root.crt"].content == "ROOT-PEM"
+    system_store = files["/usr/local/share/ca-certificates/phoenix-root.crt"]
+    assert files[r.ROOT_PATH].content == system_store.content == "ROOT-PEM"
     defaults = json.loads(files["/root/.step/config/defaults.json"].content)
     assert defaults == {"ca-url": topo.ca_url, "fingerprint": "ab" * 32, "root": "/root/.step/certs/root_ca.crt"}
     assert topo.ca_url.startswith(f"https://{topo.ca.address}:")        # by address: no DNS needed (trap 4)
@@ -301,7 +303,7 @@ def ca_tree(tmp_path, dev):
     _stub(bindir, "runuser", 'while [ "$1" != "--" ]; do shift; done; shift; exec "$@"\n')
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
     return root, lambda: subprocess.run(["bash", str(root / r.CA_CHECK.lstrip("/"))], capture_output=True,
-                                        text=True, env=env)
+                                        text=True, env=env, check=False)
 
 
 def test_ca_check_accepts_the_plans_files(ca_tree):

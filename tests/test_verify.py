@@ -28,14 +28,24 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
 from conftest import ROOT, SHIPPED_STACKS, stack_config
 from lab import Processes, add_loopback_addresses, require_isolated, require_tools
 from phoenix.model import parse_lab
 from phoenix.pki import fingerprint_sha256
 from phoenix.stackfile import expand_catalog
 from phoenix.topology import CA_HEALTH_PATH, MESH_PING_PATH, build
-from phoenix.verify import (PORTAINER_ENDPOINTS, Check, VerifyOptions, all_checks, main, make_probes, plan_checks,
-                            run_checks, summary)
+from phoenix.verify import (
+    PORTAINER_ENDPOINTS,
+    Check,
+    VerifyOptions,
+    all_checks,
+    main,
+    make_probes,
+    plan_checks,
+    run_checks,
+    summary,
+)
 from phoenix.verify_probes import query_a
 from testpki import TestCA, pem, save
 
@@ -56,7 +66,6 @@ def by_key(checks) -> dict:
 def expected_checks(lab) -> dict[tuple[str, str], dict]:
     """The checks a user would list for a stack, written from the raw model (not the topology)."""
     internal, public_address = lab.domains.internal, str(lab.network.public_address)
-    address = {g.name: str(g.address) for g in lab.guests}
     role = {g.role: g for g in lab.guests}
     dns_at, mesh_at = str(role["dns"].address), str(role["mesh"].address)
     mesh_name = f"{role['mesh'].name}.{internal}"
@@ -74,8 +83,8 @@ def expected_checks(lab) -> dict[tuple[str, str], dict]:
             out[("https/public", s.public_host)] = dict(address=public_address, port=443, server_name=s.public_host,
                                                        host=s.public_host, path=s.health, trust="public")
     for name, s in service_names.items():     # dialled as a guest dials it: SNI and Host are the name
-        out[("service/internal", name)] = dict(address=mesh_at, port=lab.mesh.internal_port, server_name=name, host=name,
-                                               path=s.health, trust="phoenix", skip=None)
+        out[("service/internal", name)] = dict(address=mesh_at, port=lab.mesh.internal_port, server_name=name,
+                                               host=name, path=s.health, trust="phoenix", skip=None)
     out[("pki/gateway-client-cert", f"{role['gateway'].name}.{internal}")] = dict(
         expect=(f"{role['gateway'].name}.{internal}",),
         skip="not checked: give --gateway-client-cert (the stack output gatewayClientCertificate.chainPem)")
@@ -298,7 +307,7 @@ class Lab:
         argv = ["--stack", "dev", "--outside-source", o.outside_source, "--inside-source", o.inside_source,
                 "--root-ca", o.root_ca, "--public-ca", o.public_ca, "--timeout", str(o.timeout), *extra]
         return subprocess.run([sys.executable, "-m", "phoenix.verify", *argv], capture_output=True, text=True,
-                              cwd=ROOT, timeout=60)
+                              cwd=ROOT, timeout=60, check=False)
 
 
 def start_named(topo, d: Path, procs: Processes, mounts: list[str]) -> tuple[subprocess.Popen, Path]:
@@ -322,15 +331,15 @@ def start_named(topo, d: Path, procs: Processes, mounts: list[str]) -> tuple[sub
     for src, dst in ((etc, "/etc/bind"), (lib, "/var/lib/bind"), (cache, "/var/cache/bind")):
         subprocess.run(["mount", "--bind", str(src), dst], check=True)
         mounts.append(dst)
-    log = open(d / "named.log", "w")
-    proc = procs.start(["named", "-g", "-c", "/etc/bind/named.conf"], stdout=log, stderr=subprocess.STDOUT)
+    with open(d / "named.log", "w") as log:      # named writes to its own copy
+        proc = procs.start(["named", "-g", "-c", "/etc/bind/named.conf"], stdout=log, stderr=subprocess.STDOUT)
     dns_at = str(topo.dns.address)
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
         try:
             if query_a(dns_at, 53, topo.guest_fqdn(topo.dns), INSIDE, 0.5)[0] == "NOERROR":
                 return proc, etc / dns_tier.ZONE_DIR[len("/etc/bind/"):]
-        except Exception:   # noqa: BLE001 - not up yet
+        except Exception:
             time.sleep(0.1)
         if proc.poll() is not None:
             break
@@ -528,7 +537,8 @@ def test_cli_prints_a_line_per_check_a_summary_and_json(lab):
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads(done.stdout)
     # cert/* entries also give the days their certificate has left (phoenix.verify_expiry)
-    assert {tuple(sorted(r)) for r in doc if not r["check"].startswith("cert/")} == {("check", "detail", "ok", "target")}
+    assert {tuple(sorted(r)) for r in doc if not r["check"].startswith("cert/")} == {
+        ("check", "detail", "ok", "target")}
     assert {tuple(sorted(r)) for r in doc if r["check"].startswith("cert/")} == {
         ("check", "days", "detail", "ok", "target")}
     assert all(r["ok"] is True for r in doc) and len(doc) == len(all_checks(lab.topo, lab.options))

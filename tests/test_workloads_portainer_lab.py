@@ -60,7 +60,8 @@ class PortainerLab(ScriptLab):
 
     def delete_environments(self) -> None:
         for ep in self.environments():
-            assert self.run(wl.registration_script(self.topo, self.topo.lab.guest(ep["Name"])), "delete").returncode == 0
+            assert self.run(wl.registration_script(self.topo, self.topo.lab.guest(ep["Name"])),
+                            "delete").returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +175,8 @@ def test_an_agent_with_another_secret_is_refused_with_the_reason(plab):
         procs.stop_all()
     assert out.returncode != 0
     assert "agent agent-1 at tcp://10.20.0.98:9001 answers but refuses Portainer" in out.stderr
-    assert "(Agent already paired with another Portainer instance)" in out.stderr and "AGENT_SECRET differs" in out.stderr
+    assert "(Agent already paired with another Portainer instance)" in out.stderr
+    assert "AGENT_SECRET differs" in out.stderr
     assert plab.environments() == []
 
 

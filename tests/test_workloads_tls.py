@@ -21,7 +21,7 @@ SCRIPTS = "/usr/local/lib/phoenix"
 
 def requested_sans(plan, guest: str, cert: str) -> list[str]:
     script = pushed_files(plan.run, plan.topo)[guest][f"{SCRIPTS}/cert-{cert}.sh"][0].content
-    words = shlex.split(next(l for l in script.splitlines() if " certonly " in l))
+    words = shlex.split(next(x for x in script.splitlines() if " certonly " in x))
     return [words[i + 1] for i, w in enumerate(words) if w == "-d"]
 
 
@@ -72,8 +72,8 @@ def test_services_behind_the_sidecar_listen_on_loopback_at_the_derived_port(clus
                                   ("whisper", "--host 127.0.0.1 --port 18002", 18002)):
         s = cluster_plan.topo.service(name)
         assert (s.tls_termination, s.app_port) == ("sidecar", app_port)
-        start = next(l for l in files[f"/etc/systemd/system/phoenix-{name}.service"][0].content.splitlines()
-                     if l.startswith("ExecStart="))
+        start = next(x for x in files[f"/etc/systemd/system/phoenix-{name}.service"][0].content.splitlines()
+                     if x.startswith("ExecStart="))
         assert start.endswith(flags) and "/etc/phoenix/tls" not in start
         conf = files[wl.SIDECAR_CONF][0].content
         assert (f"        listen {s.port} ssl;\n        ssl_certificate /etc/phoenix/tls/{name}.crt;\n"

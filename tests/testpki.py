@@ -55,11 +55,11 @@ class TestCA:
 
     __test__ = False   # a helper, not a pytest test class
 
-    def __init__(self, name: str = "Test Root", parent: "TestCA | None" = None, days: int = 2):
+    def __init__(self, name: str = "Test Root", parent: TestCA | None = None, days: int = 2):
         self.key = ec.generate_private_key(ec.SECP256R1())
         issuer = parent or self
         subject = _subject(name)
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self.cert = (x509.CertificateBuilder().subject_name(subject)
                      .issuer_name(parent.cert.subject if parent else subject)
                      .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
@@ -72,7 +72,7 @@ class TestCA:
                      .sign(issuer.key, hashes.SHA256()))
 
     @classmethod
-    def from_pem(cls, cert_pem: str, key_pem: str) -> "TestCA":
+    def from_pem(cls, cert_pem: str, key_pem: str) -> TestCA:
         """An existing CA, e.g. the plan's intermediate (its certificate and key as PEM)."""
         ca = cls.__new__(cls)
         ca.cert = x509.load_pem_x509_certificate(cert_pem.encode())
@@ -110,7 +110,7 @@ class TestCA:
         names = list(names)
         key = ec.generate_private_key(ec.SECP256R1())
         usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         cert = (x509.CertificateBuilder().subject_name(_subject(names[0])).issuer_name(self.cert.subject)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=days))

@@ -39,7 +39,8 @@ def traefik_path() -> Path:
 
 
 def step_ca_sources_version() -> str | None:
-    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", STEP_CA_SOURCES], capture_output=True, text=True)
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", STEP_CA_SOURCES], capture_output=True, text=True,
+                          check=False)
     return done.stdout.split("-")[0] if done.returncode == 0 and done.stdout else None
 
 

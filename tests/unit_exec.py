@@ -11,6 +11,10 @@ import pwd
 import re
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:       # units.py imports this module
+    from units import Unit
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 API_FS = ("/dev", "/proc", "/sys")
@@ -126,7 +130,6 @@ def sandbox_script(unit: Unit) -> str:
 
 def wrapped(unit: Unit, argv: list[str]) -> list[str]:
     """``argv`` run with the unit's sandbox, limits, credentials and working directory."""
-    q = shlex.quote
     prologue = [f"umask {unit.get('UMask', '0022')}"]
     if unit.get("LimitNOFILE"):
         # systemd (PID 1) may raise the hard limit; the lab may not (no CAP_SYS_RESOURCE in a

@@ -39,6 +39,7 @@ elapsed timer does). Any other directive in ``[Service]`` or any other condition
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -182,7 +183,7 @@ class Manager:
     def run(self, unit: Unit, line: str, env: dict, timeout: float) -> None:
         argv, ignore = command(line, env)
         with self.log(unit.name) as out:
-            done = subprocess.run(wrapped(unit, argv), env=env, stdout=out, stderr=out, timeout=timeout)
+            done = subprocess.run(wrapped(unit, argv), env=env, stdout=out, stderr=out, timeout=timeout, check=False)
         if done.returncode and not ignore:
             raise UnitError(f"{unit.name}: {argv[0]} exited {done.returncode} (see {self.state}/{unit.name}.log)")
 
@@ -250,7 +251,7 @@ class Manager:
                     try:
                         if b"READY=1" in notify.recv(4096).split(b"\n"):
                             break
-                    except socket.timeout:
+                    except TimeoutError:
                         continue
             finally:
                 notify.close()
@@ -307,14 +308,10 @@ def terminate(pid: int, timeout: float = 10, group: bool = True) -> None:
     deadline = time.monotonic() + timeout
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)   # reap it when we are its parent (or its subreaper)
-    except ChildProcessError:
-        pass
 
 
 def stop_all(state: str | Path, timeout: float = 10) -> list[int]:

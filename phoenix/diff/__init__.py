@@ -19,17 +19,28 @@ every step on the guest is triggered by), and whatever says ``replaceWith`` it i
   text and Markdown.
 """
 
-from phoenix.diff.compute import (BUNDLE, KINDS, Change, FileChange, PlanDiff, _guest_of, created_values, diff,
-                                  diff_files, flatten, guest_index)
+from phoenix.diff.compute import (
+    BUNDLE,
+    KINDS,
+    Change,
+    FileChange,
+    PlanDiff,
+    _guest_of,
+    created_values,
+    diff,
+    diff_files,
+    flatten,
+    guest_index,
+)
 from phoenix.diff.hazards import IDENTITY, Hazard, hazards, identity, static_hazards
-from phoenix.diff.steps import dependency_order, execution_order
 from phoenix.diff.render import MARKDOWN_FILE_BUDGET, render_markdown, render_plain
 from phoenix.diff.rules import REPLACE_RULES, ReplaceRule, path_matches, replacement_reasons
 from phoenix.diff.snapshot import Snapshot, from_document, load, snapshot
+from phoenix.diff.steps import dependency_order, execution_order
 from phoenix.resource_types import COMMAND, GUEST_TYPES
 
 __all__ = ["BUNDLE", "KINDS", "Change", "FileChange", "PlanDiff", "_guest_of", "created_values", "diff",
            "diff_files", "flatten", "guest_index", "IDENTITY", "Hazard", "hazards", "identity", "static_hazards",
-           "dependency_order", "execution_order", "MARKDOWN_FILE_BUDGET", "render_markdown", "render_plain", "REPLACE_RULES",
-           "ReplaceRule", "path_matches", "replacement_reasons", "Snapshot", "from_document", "load", "snapshot",
-           "COMMAND", "GUEST_TYPES"]
+           "dependency_order", "execution_order", "MARKDOWN_FILE_BUDGET", "render_markdown", "render_plain",
+           "REPLACE_RULES", "ReplaceRule", "path_matches", "replacement_reasons", "Snapshot", "from_document", "load",
+           "snapshot", "COMMAND", "GUEST_TYPES"]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import difflib
 import json
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from phoenix.diff.render import render_markdown, render_plain
 from phoenix.diff.rules import TRIGGER, path_matches, replacement_reasons
@@ -40,7 +41,7 @@ class Change:
     type: str
     name: str
     tier: str
-    guest: Optional[str]
+    guest: str | None
     fields: list[str] = field(default_factory=list)     # changed input paths (collapsed)
     reasons: list[str] = field(default_factory=list)    # why a replacement, or what follows what
     files: list[str] = field(default_factory=list)      # pushed files that changed (commands)
@@ -97,7 +98,7 @@ def _tier(entry: dict, resources_by_urn: dict[str, dict]) -> str:
     return node["type"].split(":")[-1] if node["type"].startswith(TIER_PREFIX) else "stack"
 
 
-def _guest_of(entry: dict, guest_ids: dict[Any, str]) -> Optional[str]:
+def _guest_of(entry: dict, guest_ids: dict[Any, str]) -> str | None:
     """The guest a resource is about: a command's trigger is its guest's id (``push`` and
     ``script`` set it); firewall resources name the guest by ``vmId``/``containerId``."""
     if entry["type"] in GUEST_TYPES:
@@ -197,7 +198,7 @@ def diff(base: Snapshot, new: Snapshot, replace: Iterable[str] = ()) -> PlanDiff
     return result
 
 
-def created_values(*entries: Optional[dict]) -> set:
+def created_values(*entries: dict | None) -> set:
     """What a resource gets when it is created, which a replacement changes: its id (the plan
     engine's ``<name>-id``) and the outputs its provider computes (a guest's MAC address)."""
     found: set = set()
@@ -214,7 +215,7 @@ def _replaced_with(entry: dict, key: str) -> bool:
 
 
 def _follow_replacements(changes: dict[str, Change], new: Snapshot, flat_new: dict[str, dict],
-                         make, base: Optional[Snapshot] = None) -> None:
+                         make, base: Snapshot | None = None) -> None:
     """A replaced resource gets a new id and new computed outputs (a guest's MAC address):
     inputs that hold them change with it; resources that say ``replaceWith`` it are replaced too."""
     queue = [k for k, c in changes.items() if c.kind == "replace"]

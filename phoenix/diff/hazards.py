@@ -18,8 +18,9 @@ error (exit 2); ``phoenix plan`` reports the ones one plan shows on its own (``s
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any
 
 from phoenix import resource_types as t
 from phoenix.errors import problem
@@ -72,7 +73,7 @@ def _value(inputs: dict, path: str) -> Any:
     return node
 
 
-def identity(entry: dict) -> Optional[tuple]:
+def identity(entry: dict) -> tuple | None:
     """A resource's identity where Proxmox holds it, or None when it has none of its own (two
     can exist side by side: a key, a certificate)."""
     inputs = entry.get("inputs") or {}
@@ -103,12 +104,14 @@ def _guest_hazards(name: str, old: dict, new: dict) -> list[Hazard]:
     if new["type"] == t.CONTAINER:
         was, now = _value(a, "disk.datastoreId"), _value(b, "disk.datastoreId")
         if was != now:
-            out.append(Hazard("disk", name, f"container {name}'s root disk would go {was} -> {now}: the provider re-creates "
-                              "the container for that and its disk is lost; " + CONTAINER_DATASTORE.format(
+            out.append(Hazard("disk", name, f"container {name}'s root disk would go {was} -> {now}: the provider "
+                              "re-creates the container for that and its disk is lost; " + CONTAINER_DATASTORE.format(
                                   id=b.get("vmId"), to=now)))
         sizes = [(_value(a, "disk.size"), _value(b, "disk.size"))]
     else:
-        sizes = [(x.get("size"), y.get("size")) for x, y in zip(a.get("disks") or [], b.get("disks") or [])]
+        # the disks both sides have (an added or removed disk is no shrink)
+        sizes = [(x.get("size"), y.get("size"))
+                 for x, y in zip(a.get("disks") or [], b.get("disks") or [], strict=False)]
     for was, now in sizes:
         if _number(now) < _number(was):
             out.append(Hazard("disk", name, f"{name}'s disk would shrink {was} -> {now} GiB: a disk cannot shrink, the "
@@ -116,7 +119,7 @@ def _guest_hazards(name: str, old: dict, new: dict) -> list[Hazard]:
     return out
 
 
-def hazards(d: "PlanDiff", base: "Snapshot", new: "Snapshot") -> list[Hazard]:
+def hazards(d: PlanDiff, base: Snapshot, new: Snapshot) -> list[Hazard]:
     """Every hazard of going from ``base`` to ``new``, in the diff's order."""
     out: list[Hazard] = []
     for c in d.changes:

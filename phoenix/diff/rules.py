@@ -7,8 +7,9 @@ A replaced resource gets a new id; ``phoenix.diff.compute`` follows it to whatev
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from phoenix import resource_types as t
 
@@ -18,7 +19,7 @@ class ReplaceRule:
     """Input paths (camelCase, ``[*]`` for any index) a provider cannot change in place."""
     paths: tuple[str, ...] = ()
     #: every input path replaces, except these (pulumi-tls, pulumi-random).
-    all_except: Optional[tuple[str, ...]] = None
+    all_except: tuple[str, ...] | None = None
     #: numeric paths that replace only when they decrease (disks grow in place, never shrink).
     shrink: tuple[str, ...] = ()
     #: (path, input, value): ``path`` replaces unless the resource's ``input`` is ``value``

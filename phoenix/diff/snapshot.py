@@ -9,6 +9,7 @@ from pathlib import Path
 
 from phoenix.errors import ConfigError, problem
 
+
 @dataclass
 class Snapshot:
     stack: str

@@ -23,7 +23,7 @@ CREATE, UPDATE, DELETE = "create", "update", "delete"
 CREATE_REPLACEMENT, DELETE_REPLACED = "create-replacement", "delete-replaced"
 
 
-def _dependencies(snap: "Snapshot") -> dict[str, set[str]]:
+def _dependencies(snap: Snapshot) -> dict[str, set[str]]:
     keys = set(snap.resources)
     out = {}
     for key, entry in snap.resources.items():
@@ -34,7 +34,7 @@ def _dependencies(snap: "Snapshot") -> dict[str, set[str]]:
     return out
 
 
-def dependency_order(snap: "Snapshot") -> list[str]:
+def dependency_order(snap: Snapshot) -> list[str]:
     """Keys in an order where every resource comes after what it depends on (ties by key)."""
     deps = _dependencies(snap)
     done: list[str] = []
@@ -53,7 +53,7 @@ def dependency_order(snap: "Snapshot") -> list[str]:
     return done
 
 
-def _dependents(snap: "Snapshot") -> dict[str, set[str]]:
+def _dependents(snap: Snapshot) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {k: set() for k in snap.resources}
     for key, deps in _dependencies(snap).items():
         for d in deps:
@@ -61,7 +61,7 @@ def _dependents(snap: "Snapshot") -> dict[str, set[str]]:
     return out
 
 
-def execution_order(d: "PlanDiff", base: "Snapshot", new: "Snapshot") -> list[tuple[str, str, str]]:
+def execution_order(d: PlanDiff, base: Snapshot, new: Snapshot) -> list[tuple[str, str, str]]:
     changes = {c.key: c for c in d.changes}
     names = {k: (e["name"], e["type"]) for snap in (base, new) for k, e in snap.resources.items()}
     replaced = {k for k, c in changes.items() if c.kind == "replace"}

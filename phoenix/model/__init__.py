@@ -15,15 +15,46 @@ the key path (``phoenix:guests[2].address: ...``).
 * ``resilience``: HA, storage replication and backups (what Proxmox cannot do is refused).
 """
 
-from phoenix.model.catalog import (RUN_PLACEHOLDERS, SIDECAR_PORT_OFFSET, STACK_HOST_ROOT, Compose, Run,
-                                   Service, replica_name)
+from phoenix.model.catalog import (
+    RUN_PLACEHOLDERS,
+    SIDECAR_PORT_OFFSET,
+    STACK_HOST_ROOT,
+    Compose,
+    Run,
+    Service,
+    replica_name,
+)
 from phoenix.model.checks import cross_checks
-from phoenix.model.fields import IPv4, LXC_ROLES, SINGLETON_ROLES, Domain, Label, Port, Role, Strict
-from phoenix.model.lab import (CONFIG_KEYS, Acme, Dns, Domains, Firewall, Gateway, Gpu, Guest, Image, Lab,
-                               Mesh, Network, Node, Pki, Portainer, Proxmox)
+from phoenix.model.fields import LXC_ROLES, SINGLETON_ROLES, Domain, IPv4, Label, Port, Role, Strict
+from phoenix.model.lab import (
+    CONFIG_KEYS,
+    Acme,
+    Dns,
+    Domains,
+    Firewall,
+    Gateway,
+    Gpu,
+    Guest,
+    Image,
+    Lab,
+    Mesh,
+    Network,
+    Node,
+    Pki,
+    Portainer,
+    Proxmox,
+)
 from phoenix.model.parse import json_schema, parse_lab
-from phoenix.model.resilience import (Backup, GuestResilience, Ha, Notification, Replication, Resilience,
-                                      Retention, Storage)
+from phoenix.model.resilience import (
+    Backup,
+    GuestResilience,
+    Ha,
+    Notification,
+    Replication,
+    Resilience,
+    Retention,
+    Storage,
+)
 from phoenix.model.secrets import OPERATOR_SECRETS, required_secrets, secret_problems, stack_secrets
 
 __all__ = [

@@ -7,7 +7,7 @@ a systemd unit in a GPU LXC, ``compose`` as a Docker compose stack on agent VMs 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
@@ -95,21 +95,21 @@ class Run(Strict):
     #: the program and its arguments, split into words like a shell would (no shell runs it):
     #: an absolute path first, then words that may name {model}, {port}, {cert}, {key}, {host}.
     command: Annotated[str, Field(min_length=1, max_length=MAX_TEXT), AfterValidator(_run_command)]
-    model: Optional[Annotated[str, Field(max_length=512)]] = None
+    model: Annotated[str, Field(max_length=512)] | None = None
     environment: Environment = Field(default_factory=dict)
     #: who serves the service's TLS: ``native`` (the command uses {cert} and {key}; the default
     #: when it does) or ``sidecar`` (a TLS terminator on the guest serves the catalog port and the
     #: service listens on 127.0.0.1 at ``internalPort``; for programs that cannot serve TLS).
-    tls: Optional[Literal["native", "sidecar"]] = None
+    tls: Literal["native", "sidecar"] | None = None
     #: the loopback port behind a sidecar (default: the catalog port + 10000).
-    internal_port: Optional[Port] = None
+    internal_port: Port | None = None
 
     @property
     def placeholders(self) -> set[str]:
         return set(placeholder_names(self.command))
 
     @model_validator(mode="after")
-    def _command(self) -> "Run":
+    def _command(self) -> Run:
         names = set(placeholder_names(self.command))
         if "model" in names and not self.model:
             raise ValueError("command uses {model} but run.model is not set")
@@ -176,10 +176,10 @@ class Compose(Strict):
     #: variable -> ``phoenix:<key>``, a Pulumi config secret (``pulumi config set --secret``).
     secret_environment: Annotated[dict[str, str], AfterValidator(_secret_refs)] = Field(default_factory=dict)
     #: the container's command, split into words like a shell would (no shell runs it).
-    command: Optional[Annotated[str, Field(max_length=MAX_TEXT)]] = None
+    command: Annotated[str, Field(max_length=MAX_TEXT)] | None = None
 
     @model_validator(mode="after")
-    def _compose(self) -> "Compose":
+    def _compose(self) -> Compose:
         import shlex
         both = sorted(set(self.environment) & set(self.secret_environment))
         if both:
@@ -189,7 +189,7 @@ class Compose(Strict):
                 if not shlex.split(self.command):
                     raise ValueError("command is empty")
             except ValueError as err:
-                raise ValueError(f"command {shown(self.command)} does not split into words: {err}")
+                raise ValueError(f"command {shown(self.command)} does not split into words: {err}") from err
         return self
 
     @property
@@ -257,7 +257,7 @@ class Service(Strict):
     #: what the mesh's health check requests: /segment/segment (letters, digits, ._~-) and an optional query.
     health: Annotated[str, AfterValidator(_health_path)] = "/health"
     public: bool = False
-    public_host: Optional[Domain] = None
+    public_host: Domain | None = None
     #: more internal names (<alias>.<internal domain>), each a CNAME to the service's name.
     aliases: Annotated[list[Label], Field(max_length=32)] = Field(default_factory=list)
     streaming: bool = False
@@ -267,12 +267,12 @@ class Service(Strict):
     max_body_size: Annotated[str, AfterValidator(_body_size)] = "10m"
     sticky: bool = False
     gpu: bool = False
-    run: Optional[Run] = None
+    run: Run | None = None
     #: a Docker compose stack on each of ``guests`` (agent VMs), deployed through Portainer.
-    compose: Optional[Compose] = None
+    compose: Compose | None = None
 
     @property
-    def tls_termination(self) -> Optional[str]:
+    def tls_termination(self) -> str | None:
         """Who serves the TLS of a service Phoenix runs: ``native``, ``sidecar``, or None (plain
         HTTP, or a service deployed by other means)."""
         if self.run is None or self.protocol != "https":
@@ -283,7 +283,19 @@ class Service(Strict):
     def app_port(self) -> int:
         """The port the service's own process listens on: the catalog port, or behind a TLS
         sidecar a loopback port (``run.internalPort``, default the catalog port + 10000)."""
-        if self.tls_termination == "sidecar":
+        if self.run is not None and self.tls_termination == "sidecar":
             return self.run.internal_port or self.port + SIDECAR_PORT_OFFSET
         return self.port
+
+    def require_run(self) -> Run:
+        """``run``, for what only a service Phoenix runs on a GPU guest has (unit, argv, certificate)."""
+        if self.run is None:
+            raise LookupError(f"service {self.name!r} has no run: Phoenix does not run it on a GPU guest")
+        return self.run
+
+    def require_compose(self) -> Compose:
+        """``compose``, for what only a compose stack deployed through Portainer has."""
+        if self.compose is None:
+            raise LookupError(f"service {self.name!r} has no compose: it is not a compose stack")
+        return self.compose
 

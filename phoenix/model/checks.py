@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from phoenix.errors import problem
 from phoenix.model.catalog import SIDECAR_PORT_OFFSET, replica_name
-from phoenix.model.fields import IPv4, SINGLETON_ROLES
+from phoenix.model.fields import SINGLETON_ROLES, IPv4
 from phoenix.model.lab import CONFIG_KEYS, Lab
 from phoenix.model.ports import lab_ports
 from phoenix.model.resilience_checks import resilience_problems
@@ -48,7 +48,8 @@ def cross_checks(lab: Lab) -> list[str]:
         if image is None:
             out.append(problem(f"{at}.image", f"unknown image {g.image!r} (known: {', '.join(sorted(lab.images))})"))
         elif image.kind != g.kind:
-            out.append(problem(f"{at}.image", f"image {g.image!r} is a {image.kind} image but a {g.role} guest is a {g.kind}"))
+            out.append(problem(f"{at}.image",
+                               f"image {g.image!r} is a {image.kind} image but a {g.role} guest is a {g.kind}"))
         if g.gpus and g.kind != "lxc":
             out.append(problem(f"{at}.gpus", f"device passthrough is for LXCs; give a {g.role} VM gpuMapping instead"))
         if g.gpu_mapping and g.kind != "vm":
@@ -196,7 +197,8 @@ def _service_checks(lab: Lab, guests: dict[str, int]) -> list[str]:
             if not s.public:
                 out.append(problem(f"{at}.publicHost", f"service {s.name!r} has a publicHost but public is false"))
             if s.public_host in hosts:
-                out.append(problem(f"{at}.publicHost", f"{s.public_host} is already claimed by service {hosts[s.public_host]!r}"))
+                out.append(problem(f"{at}.publicHost",
+                                   f"{s.public_host} is already claimed by service {hosts[s.public_host]!r}"))
             hosts.setdefault(s.public_host, s.name)
         for j, alias in enumerate(s.aliases):
             # <alias>.<internal domain> is a CNAME: no other record may have its name (RFC 1034 3.6.2)
@@ -214,7 +216,8 @@ def _service_checks(lab: Lab, guests: dict[str, int]) -> list[str]:
                                    + ("this service" if owner == s.name else f"service {owner!r}")))
             hosts.setdefault(alias, s.name)
         if s.name in guests:
-            out.append(problem(f"{at}.name", f"service name {s.name!r} is also a guest name; internal names would clash"))
+            out.append(problem(f"{at}.name",
+                               f"service name {s.name!r} is also a guest name; internal names would clash"))
         if len(set(s.guests)) != len(s.guests):
             out.append(problem(f"{at}.guests", "a guest is listed twice"))
         for j, gname in enumerate(s.guests):
@@ -223,14 +226,16 @@ def _service_checks(lab: Lab, guests: dict[str, int]) -> list[str]:
                 continue
             guest = lab.guest(gname)
             if s.gpu and not (guest.gpus or guest.gpu_mapping):
-                out.append(problem(f"{at}.guests[{j}]", f"GPU service {s.name!r} runs on {gname!r}, which has no GPU devices"))
+                out.append(problem(f"{at}.guests[{j}]",
+                                   f"GPU service {s.name!r} runs on {gname!r}, which has no GPU devices"))
             key = (gname, s.port)
             if key in ports:
                 out.append(problem(f"{at}.port", f"port {s.port} on guest {gname!r} is already used by {ports[key]}"))
             ports.setdefault(key, f"service {s.name!r}")
             own = reserved[gname].get(s.port)
             if own:
-                out.append(problem(f"{at}.port", f"port {s.port} on guest {gname!r} is taken by the lab itself ({own})"))
+                out.append(problem(f"{at}.port",
+                                   f"port {s.port} on guest {gname!r} is taken by the lab itself ({own})"))
         if s.run and not s.gpu:
             out.append(problem(f"{at}.run", "run is for GPU services (gpu: true); others are deployed by their guest"))
         if s.gpu and not s.run:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import ipaddress
 import re
 import unicodedata
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 from pydantic.alias_generators import to_camel
+from pydantic.fields import FieldInfo
 
 #: the longest text any key holds (a command, a URL, an environment value): longer is a mistake.
 MAX_TEXT = 4096
@@ -28,7 +29,7 @@ _ASCII_SAFE = re.compile(r"[\x20-\x7e]*")
 _CHAR_NAMES = {"\0": "NUL", "\t": "tab", "\n": "line feed", "\r": "carriage return", "\x7f": "DEL"}
 
 
-def unsafe_character(value: str) -> Optional[str]:
+def unsafe_character(value: str) -> str | None:
     """The first character of ``value`` no config value may hold, named ("U+000D carriage
     return"), or None."""
     if _ASCII_SAFE.fullmatch(value):
@@ -72,11 +73,12 @@ def _text_rule(pattern: str, what: str, max_length: int = 255) -> AfterValidator
     return AfterValidator(check)
 
 
-def Matching(pattern: str, what: str, max_length: int = 255):   # noqa: N802 (a type, as Annotated is)
-    """A string matched whole by ``pattern`` (ASCII classes), at most ``max_length`` characters."""
+def matching(pattern: str, what: str, max_length: int = 255) -> tuple[FieldInfo, AfterValidator]:
+    """The rules of a string matched whole by ``pattern`` (ASCII classes), at most ``max_length``
+    characters, for ``Annotated[str, *matching(...)]`` (a type the type checker reads as ``str``)."""
     # JSON Schema patterns search (they are not anchored): an editor needs the anchors.
-    return Annotated[str, Field(max_length=max_length, json_schema_extra={"pattern": f"^(?:{pattern})$"}),
-                     _text_rule(pattern, what, max_length)]
+    return (Field(max_length=max_length, json_schema_extra={"pattern": f"^(?:{pattern})$"}),
+            _text_rule(pattern, what, max_length))
 
 
 def _ipv4(value: Any) -> ipaddress.IPv4Address:
@@ -113,8 +115,11 @@ Network = Annotated[ipaddress.IPv4Network, PlainValidator(_ipv4_network),
                     WithJsonSchema({"type": "string", "format": "ipv4-network"})]
 Role = Literal["dns", "gateway", "mesh", "ca", "gpu", "portainer", "agent"]
 #: a release version as the download URLs and scripts name it (1.2.3).
-Version = Matching(r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,3}", "a release version (1.2.3)", 32)
-Sha256 = Matching(r"[0-9a-f]{64}", "a sha256 (64 lowercase hex digits)", 64)
+Version = Annotated[str, *matching(r"[0-9]{1,4}(?:\.[0-9]{1,4}){1,3}", "a release version (1.2.3)", 32)]
+Sha256 = Annotated[str, *matching(r"[0-9a-f]{64}", "a sha256 (64 lowercase hex digits)", 64)]
+StorageId = Annotated[str, *matching(r"[A-Za-z][A-Za-z0-9._-]{0,63}", "a Proxmox storage id", 64)]
+Email = Annotated[str, *matching(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+",
+                                 "an e-mail address", 254)]
 
 #: roles that are LXCs; the rest are VMs (Docker needs a kernel of its own).
 LXC_ROLES = {"dns", "gateway", "mesh", "ca", "gpu"}
@@ -128,7 +133,8 @@ class Strict(BaseModel):
                               frozen=True, strict=True)
 
 
-_IMAGE_NAME = re.compile(r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*")
+_IMAGE_NAME = re.compile(r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?"          # registry[:port]/
+                         r"[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*")
 
 
 def pinned_image(value: str) -> str:

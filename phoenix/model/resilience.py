@@ -24,19 +24,18 @@ what Proxmox cannot do, one line per problem naming the key:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Literal, Optional
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from phoenix.model.fields import Label, Matching, Role, Strict
+from phoenix.model.fields import Email, Label, Role, StorageId, Strict, matching
 
 if TYPE_CHECKING:
     from phoenix.model.lab import Guest, Lab
 
-StorageId = Matching(r"[A-Za-z][A-Za-z0-9._-]{0,63}", "a Proxmox storage id", 64)
 #: a Proxmox calendar event (systemd-like: ``02:30``, ``sat 03:00``, ``*/15``, ``mon..fri 21:00``).
-Schedule = Matching(r"[A-Za-z0-9*/:,. ~-]{1,64}", "a Proxmox calendar event (02:30, sat 03:00, */15)", 64)
-Email = Matching(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})+", "an e-mail address", 254)
+Schedule = Annotated[str, *matching(r"[A-Za-z0-9*/:,. ~-]{1,64}", "a Proxmox calendar event (02:30, sat 03:00, */15)",
+                                    64)]
 
 StorageType = Literal["dir", "nfs", "cifs", "cephfs", "glusterfs", "btrfs", "rbd", "zfspool", "zfs", "lvm",
                       "lvmthin", "iscsi", "iscsidirect", "pbs"]
@@ -49,12 +48,12 @@ SNIPPET_TYPES = frozenset({"dir", "nfs", "cifs", "cephfs", "glusterfs", "btrfs"}
 #: the one storage type storage replication works with (pvesr: ZFS send/receive).
 REPLICABLE = "zfspool"
 #: what a fresh Proxmox VE install has, so a stack that uses them needs no declaration.
-INSTALLER_STORAGE = {"local": "dir", "local-lvm": "lvmthin", "local-zfs": "zfspool"}
+INSTALLER_STORAGE: dict[str, StorageType] = {"local": "dir", "local-lvm": "lvmthin", "local-zfs": "zfspool"}
 #: the roles HA keeps running by default: the singleton tiers, Portainer, and the agents (each
 #: runs compose stacks no other agent has).
-HA_ROLES: tuple[str, ...] = ("dns", "gateway", "mesh", "ca", "portainer", "agent")
+HA_ROLES: tuple[Role, ...] = ("dns", "gateway", "mesh", "ca", "portainer", "agent")
 #: every role holds state a rebuild cannot regenerate (``ROLE_STATE``).
-BACKUP_ROLES: tuple[str, ...] = ("dns", "gateway", "mesh", "ca", "gpu", "portainer", "agent")
+BACKUP_ROLES: tuple[Role, ...] = ("dns", "gateway", "mesh", "ca", "gpu", "portainer", "agent")
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,9 @@ class Storage(Strict):
     type: StorageType
     #: a ``dir``/``lvm`` storage the operator marked shared (the same files from every node); the
     #: default follows the type.
-    shared: Optional[bool] = None
+    shared: bool | None = None
     #: the nodes that have it (Datacenter > Storage > Nodes); default every node.
-    nodes: Optional[Annotated[list[Label], Field(min_length=1, max_length=256)]] = None
+    nodes: Annotated[list[Label], Field(min_length=1, max_length=256)] | None = None
 
     @property
     def is_shared(self) -> bool:
@@ -100,22 +99,22 @@ class Storage(Strict):
 class GuestResilience(Strict):
     """One guest's overrides (``resilience.guests.<name>``)."""
     #: HA for this guest (default: its role is in ``ha.roles`` and it has no GPU devices).
-    ha: Optional[bool] = None
+    ha: bool | None = None
     #: the nodes HA may restart it on, in order of preference after its own node (default: every
     #: node that has its disks).
-    failover: Optional[Annotated[list[Label], Field(min_length=1, max_length=255)]] = None
+    failover: Annotated[list[Label], Field(min_length=1, max_length=255)] | None = None
     #: replicate its disks (local ZFS) to these nodes on ``replication.schedule`` (default for an
     #: HA guest on local ZFS: the next node that has the storage).
-    replicate_to: Optional[Annotated[list[Label], Field(min_length=1, max_length=16)]] = None
+    replicate_to: Annotated[list[Label], Field(min_length=1, max_length=16)] | None = None
     #: in the backup job (default: its role is in ``backup.roles``).
-    backup: Optional[bool] = None
+    backup: bool | None = None
     #: bound to its node (GPU devices, local hardware): never HA, a plan warning says so.
     node_bound: bool = False
 
 
 class Ha(Strict):
     #: default: on when the cluster keeps quorum without any one node (3+ nodes, or a QDevice).
-    enabled: Optional[bool] = None
+    enabled: bool | None = None
     #: how the preferred node is told to HA: ``groups`` (Proxmox VE 8) or ``rules`` (node-affinity
     #: rules, Proxmox VE 9, where HA groups are gone).
     placement: Literal["groups", "rules"] = "groups"
@@ -129,19 +128,19 @@ class Replication(Strict):
     #: how often each replicated guest's disks are sent (minutes of data a failover may lose).
     schedule: Schedule = "*/15"
     #: MB/s per job (none: unlimited).
-    rate_limit: Optional[Annotated[float, Field(gt=0, le=100_000)]] = None
+    rate_limit: Annotated[float, Field(gt=0, le=100000)] | None = None
 
 
 class Retention(Strict):
     """vzdump's prune options (``prune-backups``): how many backups each guest keeps. A retention
     given in the stack is exactly what it says (the default keeps last 3, daily 7, weekly 4,
     monthly 6)."""
-    keep_last: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
-    keep_hourly: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
-    keep_daily: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
-    keep_weekly: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
-    keep_monthly: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
-    keep_yearly: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
+    keep_last: Annotated[int, Field(ge=1, le=10000)] | None = None
+    keep_hourly: Annotated[int, Field(ge=1, le=10000)] | None = None
+    keep_daily: Annotated[int, Field(ge=1, le=10000)] | None = None
+    keep_weekly: Annotated[int, Field(ge=1, le=10000)] | None = None
+    keep_monthly: Annotated[int, Field(ge=1, le=10000)] | None = None
+    keep_yearly: Annotated[int, Field(ge=1, le=10000)] | None = None
 
     def prune_backups(self) -> dict[str, str]:
         """As the backup job's ``prune_backups`` map (``keep-daily=7``...)."""
@@ -168,7 +167,7 @@ class Backup(Strict):
     roles: Annotated[list[Role], Field(max_length=16)] = Field(default_factory=lambda: list(BACKUP_ROLES))
 
     @model_validator(mode="after")
-    def _keeps_something(self) -> "Backup":
+    def _keeps_something(self) -> Backup:
         if not self.retention.prune_backups():
             raise ValueError("retention keeps nothing: give at least one keep* option (keepLast: 3)")
         return self
@@ -230,7 +229,7 @@ class ResiliencePlan:
         return [p for p in self.guests.values() if p.backup]
 
 
-def storage_of(lab: Lab, storage_id: str) -> Optional[Storage]:
+def storage_of(lab: Lab, storage_id: str) -> Storage | None:
     """The storage as declared, or as Proxmox's installer makes it; None when unknown."""
     declared = lab.resilience.storage.get(storage_id)
     if declared is not None:

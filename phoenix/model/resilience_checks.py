@@ -6,9 +6,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from phoenix.errors import problem
-from phoenix.model.resilience import (BACKUP_TYPES, REPLICABLE, ROLE_STATE, SNIPPET_TYPES, GuestResilience,
-                                      gpu_devices, plan_resilience, quorum_without_a_node, storage_nodes,
-                                      storage_of)
+from phoenix.model.resilience import (
+    BACKUP_TYPES,
+    REPLICABLE,
+    ROLE_STATE,
+    SNIPPET_TYPES,
+    GuestResilience,
+    gpu_devices,
+    plan_resilience,
+    quorum_without_a_node,
+    storage_nodes,
+    storage_of,
+)
 
 if TYPE_CHECKING:
     from phoenix.model.lab import Lab

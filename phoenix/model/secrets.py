@@ -7,7 +7,8 @@ plan plans a missing one with a placeholder (``phoenix.plan``) and refuses a pla
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from phoenix.errors import problem
 from phoenix.stackfile import NAMESPACE

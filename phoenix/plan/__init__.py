@@ -8,14 +8,13 @@ the route audit the plan prints are those the program deploys, because the progr
 from __future__ import annotations
 
 import hashlib
-from typing import Optional
 
 from phoenix.loader import Loaded, Mode, load_stack
 from phoenix.model import Lab, parse_lab, required_secrets
 from phoenix.stackfile import NAMESPACE, StackConfig, expand_catalog
 
 
-def with_placeholder_secrets(stack: StackConfig, lab: Optional[Lab] = None) -> tuple[StackConfig, list[str]]:
+def with_placeholder_secrets(stack: StackConfig, lab: Lab | None = None) -> tuple[StackConfig, list[str]]:
     """Secrets not set in the stack file (or set as ciphertext the plan cannot decrypt) are planned
     with a placeholder; a warning names each one that is not set. ``lab``: the stack's model,
     when it is parsed already."""
@@ -35,7 +34,7 @@ def with_placeholder_secrets(stack: StackConfig, lab: Optional[Lab] = None) -> t
     return StackConfig(stack.name, values, secret_keys, stack.root, stack.ciphertext - set(needed)), warnings
 
 
-def plan_loaded(stack: StackConfig, loaded: Loaded, facts: Optional[dict[str, str]] = None):
+def plan_loaded(stack: StackConfig, loaded: Loaded, facts: dict[str, str] | None = None):
     """Run the program for an already loaded stack and return a Plan (nothing is parsed again)."""
     from phoenix.plan.engine import run_program
     from phoenix.plan.writer import Plan, collect_secrets
@@ -46,6 +45,6 @@ def plan_loaded(stack: StackConfig, loaded: Loaded, facts: Optional[dict[str, st
     return Plan(run, loaded.topo, collect_secrets(run, config_secrets), warnings + loaded.warnings)
 
 
-def make_plan(stack: StackConfig, facts: Optional[dict[str, str]] = None):
+def make_plan(stack: StackConfig, facts: dict[str, str] | None = None):
     """Load, run, and return a Plan. Raises ConfigError on bad input (before any resource)."""
     return plan_loaded(stack, load_stack(stack, Mode.PLAN), facts)

@@ -10,9 +10,10 @@ tests both use this engine.
 from __future__ import annotations
 
 import gc
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks as pmocks
@@ -90,10 +91,10 @@ def _contains_secret(value: Any) -> bool:
 
 
 class PhoenixMocks(pmocks.Mocks):
-    def __init__(self, facts: Optional[dict[str, str]] = None):
+    def __init__(self, facts: dict[str, str] | None = None):
         self.facts = {**fakes.DEFAULT_FACTS, **(facts or {})}
 
-    def new_resource(self, args: pmocks.MockResourceArgs):
+    def new_resource(self, args: pmocks.MockResourceArgs) -> tuple[str, dict]:
         inputs = reveal(args.inputs)
         state = fakes.outputs_for(args.typ, args.name, inputs, self.facts, pulumi.get_stack())
         return f"{args.name}-id", {**inputs, **state}
@@ -104,6 +105,7 @@ class PhoenixMocks(pmocks.Mocks):
 
 class RecordingMonitor(pmocks.MockMonitor):
     """A MockMonitor that keeps what the plain one drops: parents, dependencies, secrecy."""
+    mocks: PhoenixMocks
 
     def __init__(self, mocks: PhoenixMocks):
         super().__init__(mocks)
@@ -172,7 +174,7 @@ class Run:
     def by_type(self, type_: str) -> list[Recorded]:
         return [r for r in self.resources if r.type == type_]
 
-    def named(self, name: str, type_: Optional[str] = None) -> Recorded:
+    def named(self, name: str, type_: str | None = None) -> Recorded:
         found = [r for r in self.resources if r.name == name and (type_ is None or r.type == type_)
                  and (type_ is not None or r.custom)]
         if len(found) != 1:
@@ -206,8 +208,15 @@ def batch_gc(first: int = GC_FIRST_THRESHOLD) -> Iterator[None]:
         gc.set_threshold(*before)
 
 
-def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None,
-                facts: Optional[dict[str, str]] = None) -> Run:
+def _clear_root_resource() -> None:
+    """No root stack resource: the next ``Stack()`` becomes the root, as at a program's start."""
+    # pulumi annotates the argument `root: Resource`, yet its context variable holds
+    # Optional[Resource] and starts as None, which is what this restores.
+    settings.set_root_resource(None)  # type: ignore[arg-type]
+
+
+def run_program(stack: StackConfig, program: Callable[[], None] | None = None,
+                facts: dict[str, str] | None = None) -> Run:
     """Run ``program`` for ``stack`` under the recording engine. By default it is what ``pulumi up``
     runs: Phoenix's ``main``, with the project directory where the stack file is."""
     if program is None:
@@ -219,11 +228,11 @@ def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None
     monitor = RecordingMonitor(mocks)
     settings.SETTINGS.rpc_manager.clear()
     settings.SETTINGS.outputs.clear()
-    settings.set_root_resource(None)  # a fresh root stack for every run
+    _clear_root_resource()  # a fresh root stack for every run
     pmocks.set_mocks(mocks, project="phoenix", stack=stack.name, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(stack.as_engine_config(), list(stack.secret_keys))
     # set_mocks finishes its root stack at once; exports need one that is still open.
-    settings.set_root_resource(None)
+    _clear_root_resource()
     root = Stack()
     try:
         with batch_gc():
@@ -234,7 +243,7 @@ def run_program(stack: StackConfig, program: Optional[Callable[[], None]] = None
         err.phoenix_registered = list(monitor.order)  # type: ignore[attr-defined]
         raise
     finally:
-        settings.set_root_resource(None)
+        _clear_root_resource()
     return Run(stack.name, [monitor.recorded[u] for u in monitor.order], outputs, monitor)
 
 

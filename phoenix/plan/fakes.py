@@ -22,14 +22,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import random
-import ipaddress
 import re
 import string
 
 import bcrypt
-
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
@@ -44,7 +43,9 @@ DEFAULT_FACTS = {
 }
 FACT = re.compile(r"#\s*phoenix-fact:\s*([\w-]+)")
 
-_CURVES = {"P224": ec.SECP224R1, "P256": ec.SECP256R1, "P384": ec.SECP384R1, "P521": ec.SECP521R1}
+_CURVES = {"P224": ec.SECP224R1(), "P256": ec.SECP256R1(), "P384": ec.SECP384R1(), "P521": ec.SECP521R1()}
+#: the key types pulumi-tls makes, each of which can sign
+SigningKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
 
 
 def _pem_private(key) -> str:
@@ -56,10 +57,19 @@ def seed(*parts) -> bytes:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
 
 
+def signing_key(pem: str) -> SigningKey:
+    """A private key pulumi-tls made (PEM), refusing one that cannot sign."""
+    key = serialization.load_pem_private_key(pem.encode(), None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey):
+        raise ValueError(f"a {type(key).__name__} cannot sign certificates")
+    return key
+
+
 def private_key(inputs: dict, salt: bytes) -> dict:
     algorithm = inputs.get("algorithm", "RSA")
+    key: SigningKey
     if algorithm == "ECDSA":
-        curve = _CURVES[inputs.get("ecdsaCurve", "P224")]()
+        curve = _CURVES[inputs.get("ecdsaCurve", "P224")]
         order = {"secp224r1": 2**224, "secp256r1": 2**256, "secp384r1": 2**384, "secp521r1": 2**521}[curve.name]
         scalar = int.from_bytes(hashlib.shake_256(salt).digest(80), "big") % (order // 2) + 1
         key = ec.derive_private_key(scalar, curve)
@@ -110,7 +120,7 @@ _EXT_USAGE = {"server_auth": ExtendedKeyUsageOID.SERVER_AUTH, "client_auth": Ext
 
 def _sign(inputs: dict, subject: x509.Name, public_key, issuer: x509.Name, signer,
           sans: list, salt: bytes, issuer_key=None) -> dict:
-    now = dt.datetime.now(dt.timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)
+    now = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     hours = int(inputs.get("validityPeriodHours", 24))
     uses = inputs.get("allowedUses") or []
     is_ca = bool(inputs.get("isCaCertificate", False))
@@ -137,7 +147,8 @@ def _sign(inputs: dict, subject: x509.Name, public_key, issuer: x509.Name, signe
         builder = builder.add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key),
                                         critical=False)
     algo = None if isinstance(signer, ed25519.Ed25519PrivateKey) else hashes.SHA256()
-    cert = builder.sign(signer, algo, ecdsa_deterministic=True if isinstance(signer, ec.EllipticCurvePrivateKey) else None)
+    deterministic = True if isinstance(signer, ec.EllipticCurvePrivateKey) else None
+    cert = builder.sign(signer, algo, ecdsa_deterministic=deterministic)
     return {"certPem": cert.public_bytes(serialization.Encoding.PEM).decode(),
             "validityStartTime": now.isoformat(), "validityEndTime": (now + dt.timedelta(hours=hours)).isoformat(),
             "readyForRenewal": False}
@@ -150,13 +161,13 @@ def _sans(inputs: dict) -> list:
 
 
 def self_signed_cert(inputs: dict, salt: bytes) -> dict:
-    key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
+    key = signing_key(inputs["privateKeyPem"])
     name = _name(inputs.get("subject"))
     return _sign(inputs, name, key.public_key(), name, key, _sans(inputs), salt, issuer_key=key.public_key())
 
 
 def cert_request(inputs: dict) -> dict:
-    key = serialization.load_pem_private_key(inputs["privateKeyPem"].encode(), None)
+    key = signing_key(inputs["privateKeyPem"])
     builder = x509.CertificateSigningRequestBuilder().subject_name(_name(inputs.get("subject")))
     sans = _sans(inputs)
     if sans:
@@ -169,7 +180,7 @@ def cert_request(inputs: dict) -> dict:
 
 def locally_signed_cert(inputs: dict, salt: bytes) -> dict:
     csr = x509.load_pem_x509_csr(inputs["certRequestPem"].encode())
-    ca_key = serialization.load_pem_private_key(inputs["caPrivateKeyPem"].encode(), None)
+    ca_key = signing_key(inputs["caPrivateKeyPem"])
     ca_cert = x509.load_pem_x509_certificate(inputs["caCertPem"].encode())
     try:
         sans = list(csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
@@ -187,8 +198,8 @@ def random_password(inputs: dict, salt: bytes) -> dict:
     value = "".join(rng.choice(alphabet) for _ in range(int(inputs.get("length", 16))))
     # A real bcrypt hash (as pulumi-random gives), with a salt from the seed so plans stay stable.
     salt_chars = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
-    salt = "".join(rng.choice(salt_chars) for _ in range(21)) + "."
-    hashed = bcrypt.hashpw(value.encode()[:72], f"$2b$04${salt}".encode()).decode()
+    bcrypt_salt = "".join(rng.choice(salt_chars) for _ in range(21)) + "."
+    hashed = bcrypt.hashpw(value.encode()[:72], f"$2b$04${bcrypt_salt}".encode()).decode()
     return {"result": value, "bcryptHash": hashed}
 
 

@@ -74,8 +74,10 @@ def guest_names_by_address(topo: Topology) -> dict[str, str]:
 
 def command_guest(r: Recorded, topo: Topology, by_address: dict[str, str] | None = None) -> str | None:
     """The guest a step runs on (by its connection's address)."""
-    conn = r.value("connection") or {}
-    return (by_address or guest_names_by_address(topo)).get(conn.get("host"))
+    host = (r.value("connection") or {}).get("host")
+    if host is None:
+        return None
+    return (by_address or guest_names_by_address(topo)).get(host)
 
 
 def step_bundles(run: Run) -> dict[str, list[GuestFile]]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import jinja2.bccache
+
 
 def _configs() -> Path:
     """``configs/`` of the checkout, or ``phoenix/configs`` inside an installed wheel."""
@@ -44,10 +47,8 @@ class _CompiledTemplates(jinja2.FileSystemBytecodeCache):
     cannot be written is skipped."""
 
     def dump_bytecode(self, bucket: jinja2.bccache.Bucket) -> None:
-        try:
+        with contextlib.suppress(OSError):
             super().dump_bytecode(bucket)
-        except OSError:
-            pass
 
 
 def _template_cache(options: dict) -> jinja2.BytecodeCache | None:
@@ -68,8 +69,8 @@ def _template_cache(options: dict) -> jinja2.BytecodeCache | None:
 
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
-    options = dict(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                   trim_blocks=True, lstrip_blocks=True, autoescape=False)
+    options: dict[str, Any] = dict(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                                   trim_blocks=True, lstrip_blocks=True, autoescape=False)
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(CONFIGS)),
                               bytecode_cache=_template_cache(options), **options)
 

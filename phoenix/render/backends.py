@@ -10,8 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from phoenix.render import stacks
-from phoenix.render.workloads import (certificate_names, gpu_lxcs, gpu_services_on, needs_certificate,
-                                      portainer_certificate_names, portainer_tls_name, portainer_ui)
+from phoenix.render.workloads import (
+    certificate_names,
+    gpu_lxcs,
+    gpu_services_on,
+    needs_certificate,
+    portainer_certificate_names,
+    portainer_tls_name,
+    portainer_ui,
+)
 from phoenix.topology import Topology
 
 
@@ -37,11 +44,14 @@ def backend_certificates(topo: Topology) -> dict[tuple[str, int], BackendCertifi
     for g in gpu_lxcs(topo):
         for s in gpu_services_on(topo, g):
             if s.protocol == "https" and needs_certificate(s):
+                terminator = s.tls_termination
+                if terminator is None:    # the model refuses it (checks._run_tls_checks)
+                    raise LookupError(f"service {s.name!r} speaks https but nothing on {g.name} serves its TLS")
                 out[(g.name, s.port)] = BackendCertificate(s.name, g.name, s.port, s.name,
-                                                           tuple(certificate_names(topo, s, g)), s.tls_termination)
+                                                           tuple(certificate_names(topo, s, g)), terminator)
     ui = portainer_ui(topo)
     if ui is not None and ui.protocol == "https":
-        p = topo.portainer
+        p = topo.require_portainer()
         out[(p.name, ui.port)] = BackendCertificate(ui.name, p.name, ui.port, portainer_tls_name(topo),
                                                     tuple(portainer_certificate_names(topo)), "container")
     return out

@@ -26,7 +26,6 @@ import hashlib
 import re
 import shlex
 from dataclasses import dataclass
-from typing import Optional
 
 from phoenix.bundle import GuestFile
 from phoenix.render import SCRIPTS, render
@@ -54,7 +53,7 @@ class Zone:
     contact: str                       # SOA RNAME
     records: tuple[Record, ...]
     file: str                          # the pushed, checked zone file on the guest
-    live: Optional[str] = None         # dynamic zones: named's own copy (journal beside it)
+    live: str | None = None         # dynamic zones: named's own copy (journal beside it)
     update_names: tuple[str, ...] = () # names the TSIG key may set TXT records on
     comment: str = ""
 
@@ -147,7 +146,7 @@ def zone_serial(topo: Topology, zone: Zone) -> int:
     return _rendered(topo, zone)[0]
 
 
-def view_answers(topo: Topology, zs: Optional[list[Zone]] = None) -> dict[str, dict[str, list[tuple[str, str]]]]:
+def view_answers(topo: Topology, zs: list[Zone] | None = None) -> dict[str, dict[str, list[tuple[str, str]]]]:
     """What each view answers: view -> FQDN (no trailing dot) -> [(rtype, value)], from ``zones``.
 
     The records of the zones (A, CNAME), not their apex SOA and NS; CNAME values are FQDNs
@@ -175,7 +174,7 @@ def options_conf(topo: Topology) -> str:
     return render("dns/named.conf.options.j2", **_common(topo))
 
 
-def views_conf(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
+def views_conf(topo: Topology, zs: list[Zone] | None = None) -> str:
     zs = zones(topo) if zs is None else zs
     return render("dns/views.conf.j2",
                   internal_zones=[z for z in zs if z.view == "internal"],
@@ -190,7 +189,7 @@ def tsig_key_text(topo: Topology, secret: str) -> str:
 
 
 # -- apply hooks ---------------------------------------------------------------------------
-def check_command(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
+def check_command(topo: Topology, zs: list[Zone] | None = None) -> str:
     """Every zone file by named-checkzone (its message names the file and line), then the
     whole config with its zones as named would load it."""
     q = shlex.quote
@@ -199,7 +198,7 @@ def check_command(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
     # named-checkconf -z loads a dynamic zone from named's own copy, which the reload makes;
     # on the first push there is none yet: seed it with the pushed file just checked.
     checks += [f"{{ test -e {q(z.live)} || install -o bind -g bind -m 0644 {q(z.file)} {q(z.live)}; }}"
-               for z in zs if z.dynamic]
+               for z in zs if z.live is not None]          # the dynamic zones
     return " && ".join(checks + [f"named-checkconf -z {NAMED_CONF}"])
 
 
@@ -207,14 +206,14 @@ RELOAD_COMMAND = f"bash {RELOAD_SCRIPT}"
 HEALTH_COMMAND = f"bash {HEALTH_SCRIPT}"
 
 
-def reload_script(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
-    zs = [dict(name=z.name, view=z.view, file=z.file, live=z.live, serial=zone_serial(topo, z))
-          for z in (zones(topo) if zs is None else zs)]
-    return render("dns/dns-reload.sh.j2", dynamic_zones=[z for z in zs if z["live"]],
-                  static_zones=[z for z in zs if not z["live"]], **_common(topo))
+def reload_script(topo: Topology, zs: list[Zone] | None = None) -> str:
+    rows = [dict(name=z.name, view=z.view, file=z.file, live=z.live, serial=zone_serial(topo, z))
+            for z in (zones(topo) if zs is None else zs)]
+    return render("dns/dns-reload.sh.j2", dynamic_zones=[r for r in rows if r["live"]],
+                  static_zones=[r for r in rows if not r["live"]], **_common(topo))
 
 
-def health_script(topo: Topology, zs: Optional[list[Zone]] = None) -> str:
+def health_script(topo: Topology, zs: list[Zone] | None = None) -> str:
     """Known records of both views, and the static zones' serials (proof the new files are live)."""
     dns, ns_pub = topo.dns, public_nameserver(topo)
     q = shlex.quote
@@ -240,7 +239,7 @@ def _conf(path: str, text: str, mode: int = 0o644) -> GuestFile:
     return GuestFile(path, text, mode, "root", "bind")
 
 
-def plain_config_files(topo: Topology, zs: Optional[list[Zone]] = None) -> list[GuestFile]:
+def plain_config_files(topo: Topology, zs: list[Zone] | None = None) -> list[GuestFile]:
     """Everything the DNS guest's config push installs but the TSIG key file (``zs``: the zones
     the route audit read, so the pushed zone files are the records it proved)."""
     zs = zones(topo) if zs is None else zs
@@ -257,6 +256,6 @@ def key_file(topo: Topology, tsig_secret: str) -> GuestFile:
     return _conf(tsig_key_file(topo), tsig_key_text(topo, tsig_secret), 0o640)
 
 
-def config_files(topo: Topology, tsig_secret: str, zs: Optional[list[Zone]] = None) -> list[GuestFile]:
+def config_files(topo: Topology, tsig_secret: str, zs: list[Zone] | None = None) -> list[GuestFile]:
     """Everything the DNS guest's config push installs; only the key file holds a secret."""
     return [*plain_config_files(topo, zs), key_file(topo, tsig_secret)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional
 
 from phoenix.topology import Flow, Topology
 
@@ -28,13 +27,13 @@ OUTPUT_POLICY = "ACCEPT"
 class FirewallRule:
     direction: str            # "in" or "out"
     action: str               # "ACCEPT"
-    source: Optional[str]     # CIDR, or None for any
+    source: str | None     # CIDR, or None for any
     dport: int
     proto: str                # "tcp" or "udp"
     comment: str
-    dest: Optional[str] = None  # CIDR, or None for any
+    dest: str | None = None  # CIDR, or None for any
 
-    def matches(self, direction: str, address: Optional[str], port: int, proto: str) -> bool:
+    def matches(self, direction: str, address: str | None, port: int, proto: str) -> bool:
         """Does this rule accept a packet (``address`` is the far end: source in, destination out)?"""
         if (direction, port, proto) != (self.direction, self.dport, self.proto):
             return False
@@ -44,7 +43,7 @@ class FirewallRule:
         return address is not None and ipaddress.ip_address(address) in ipaddress.ip_network(near)
 
 
-def flow_sources(topo: Topology, source: str) -> list[Optional[str]]:
+def flow_sources(topo: Topology, source: str) -> list[str | None]:
     """The CIDRs a flow's source names (None: anywhere)."""
     if source == "any":
         return [None]
@@ -93,7 +92,7 @@ def guest_rules(topo: Topology) -> dict[str, list[FirewallRule]]:
     return out
 
 
-def permits(rules: list[FirewallRule], direction: str, address: Optional[str], port: int,
+def permits(rules: list[FirewallRule], direction: str, address: str | None, port: int,
             proto: str = "tcp") -> bool:
     """What the guest's firewall does with a packet: a matching rule accepts, else the policy."""
     if any(r.action == "ACCEPT" and r.matches(direction, address, port, proto) for r in rules):

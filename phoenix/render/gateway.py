@@ -8,7 +8,6 @@ the route audit reads the same records, so the two cannot disagree.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 from phoenix.bundle import GuestFile
 from phoenix.render import NGINX_RELOAD_HELPER, TLS12_CIPHERS, config_text, render
@@ -141,7 +140,7 @@ def render_nginx_conf(topo: Topology) -> str:
                   rate=gw.rate_limit_per_second, log_format=LOG_FORMAT)
 
 
-def render_sites(topo: Topology, servers: Optional[list[GatewayServer]] = None) -> str:
+def render_sites(topo: Topology, servers: list[GatewayServer] | None = None) -> str:
     """The server blocks as nginx reads them (``servers``: the blocks the route audit proved)."""
     servers = server_blocks(topo) if servers is None else servers
     return render("gateway/phoenix-gateway.conf.j2", servers=servers, upstreams=upstreams(servers),
@@ -153,7 +152,7 @@ def render_sites(topo: Topology, servers: Optional[list[GatewayServer]] = None) 
                   trusted_root=ROOT_CA_TRUST_PATH, client_cert=CLIENT_TLS.cert, client_key=CLIENT_TLS.key)
 
 
-def nginx_files(topo: Topology, servers: Optional[list[GatewayServer]] = None) -> list[GuestFile]:
+def nginx_files(topo: Topology, servers: list[GatewayServer] | None = None) -> list[GuestFile]:
     """What the ``nginx`` step pushes (checked by ``nginx -t`` before nginx reloads)."""
     return [
         GuestFile(NGINX_CONF, render_nginx_conf(topo)),
@@ -200,7 +199,8 @@ def _server_label(topo: Topology) -> str:
 
 def render_certbot_ini(topo: Topology) -> str:
     acme = topo.lab.acme
-    return render("gateway/certbot.ini.j2", cert_name=CERT_NAME, server=topo.public_acme_directory, server_label=_server_label(topo),
+    return render("gateway/certbot.ini.j2", cert_name=CERT_NAME, server=topo.public_acme_directory,
+                  server_label=_server_label(topo),
                   email=acme.email, deploy_hook=DEPLOY_HOOK, challenge=acme.challenge, webroot=ACME_WEBROOT,
                   credentials=RFC2136_CREDENTIALS, tsig_key_name=topo.acme_tsig_key_name,
                   propagation_seconds=DNS01_PROPAGATION_SECONDS)
@@ -226,7 +226,7 @@ def render_public_cert_script(topo: Topology) -> str:
                   link=PUBLIC_CERT_LINK, live=LIVE_DIR, deploy_hook=DEPLOY_HOOK)
 
 
-def certbot_files(topo: Topology, tsig_secret: Optional[str]) -> list[GuestFile]:
+def certbot_files(topo: Topology, tsig_secret: str | None) -> list[GuestFile]:
     """certbot's configuration and hook (and, for DNS-01, the TSIG credentials, root only)."""
     files = [GuestFile(CERTBOT_INI, render_certbot_ini(topo)),
              GuestFile(DEPLOY_HOOK, render_deploy_hook(topo), 0o755),
@@ -250,7 +250,10 @@ def render_install_script(topo: Topology) -> str:
 
 
 def render_placeholder_script(topo: Topology) -> str:
-    san = lambda names: ",".join(f"DNS:{n}" for n in names) or "DNS:localhost"
+
+    def san(names) -> str:
+        return ",".join(f"DNS:{n}" for n in names) or "DNS:localhost"
+
     return render("gateway/placeholder-cert.sh.j2", link=PUBLIC_CERT_LINK, placeholder=PLACEHOLDER_DIR,
                   san=san(certificate_names(topo)), client=CLIENT_TLS,
                   client_san=san(client_certificate_names(topo)))

@@ -12,7 +12,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from phoenix.model.resilience import ROLE_STATE, GuestPlan, ResiliencePlan, plan_resilience  # noqa: F401
+from phoenix.model.resilience import GuestPlan, ResiliencePlan, plan_resilience
 from phoenix.render.dns import DYNAMIC_DIR
 from phoenix.render.gateway import LETSENCRYPT
 from phoenix.render.mesh.names import STATE_DIR as TRAEFIK_STATE_DIR

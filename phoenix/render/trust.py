@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import shlex
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from phoenix.bundle import GuestFile
 from phoenix.model import Lab
@@ -156,7 +156,8 @@ def ca_files(lab: Lab, topo: Topology, *, root_pem: str, fingerprint: str, inter
 
 
 def _ca_paths() -> dict:
-    return dict(ca_json=CA_JSON, root=CA_ROOT, intermediate=CA_INTERMEDIATE, key=CA_KEY, user=STEP_USER, db=CA_DB, db_parent=CA_DATA, step_home=STEP_HOME)
+    return dict(ca_json=CA_JSON, root=CA_ROOT, intermediate=CA_INTERMEDIATE, key=CA_KEY, user=STEP_USER, db=CA_DB,
+                db_parent=CA_DATA, step_home=STEP_HOME)
 
 
 def step_ca_unit(lab: Lab) -> str:
@@ -244,7 +245,7 @@ class CertRequest:
     group: str = "root"
     reload: str = ""
     check: str = ""
-    webroot: Optional[str] = None
+    webroot: str | None = None
 
     @property
     def hook_path(self) -> str:

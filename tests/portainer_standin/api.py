@@ -17,15 +17,16 @@ import email.parser
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 
 class HandlerError(Exception):
     """httperror.HandlerError: an answer other than success."""
 
-    def __init__(self, status: int, message: str, details: Optional[str] = None):
+    def __init__(self, status: int, message: str, details: str | None = None):
         super().__init__(message)
         self.status, self.message = status, message
         cause = details if details is not None else message
@@ -47,7 +48,7 @@ def decode(body: bytes, fields: dict[str, type], struct: str) -> dict[str, Any]:
     try:
         doc = json.loads(body or b"")
     except json.JSONDecodeError:
-        raise bad_request("EOF" if not body.strip() else "invalid character in JSON payload")
+        raise bad_request("EOF" if not body.strip() else "invalid character in JSON payload") from None
     if not isinstance(doc, dict):
         raise bad_request(f"json: cannot unmarshal {type(doc).__name__} into Go value of type {struct}")
     out: dict[str, Any] = {name: t() for name, t in fields.items()}
@@ -83,8 +84,8 @@ class Request:
     headers: Any
     body: bytes
     address: str
-    match: Optional[re.Match] = None
-    token: Optional[dict] = None
+    match: re.Match | None = None
+    token: dict | None = None
 
     def query_int(self, name: str, optional: bool = False) -> int:
         """request.RetrieveNumericQueryParameter."""
@@ -94,7 +95,7 @@ class Request:
         try:
             return int(value)
         except ValueError:
-            raise HandlerError(400, f"Invalid query parameter: {name}", "Invalid query parameter")
+            raise HandlerError(400, f"Invalid query parameter: {name}", "Invalid query parameter") from None
 
     def form(self) -> dict[str, str]:
         """What ``FormValue`` sees: the body's fields (multipart or url-encoded), then the query."""
@@ -112,7 +113,7 @@ class Request:
             out.setdefault(k, v[0])
         return out
 
-    def file(self, name: str) -> Optional[bytes]:
+    def file(self, name: str) -> bytes | None:
         """request.RetrieveMultiPartFormFile: an uploaded file part (with a file name)."""
         ctype = self.headers.get("Content-Type") or ""
         if not ctype.startswith("multipart/form-data"):
@@ -148,7 +149,7 @@ class Router:
             return fn
         return register
 
-    def find(self, method: str, path: str) -> tuple[Optional[Route], Optional[re.Match]]:
+    def find(self, method: str, path: str) -> tuple[Route | None, re.Match | None]:
         allowed = False
         for r in self.routes:
             m = r.pattern.match(path)

@@ -128,7 +128,7 @@ class Users:
             good = _b64(hmac.new(self.secret, f"{head}.{body}".encode(), hashlib.sha256).digest())
             claims = json.loads(_unb64(body))
         except ValueError:
-            raise HandlerError(401, "Invalid JWT token", "Unauthorized")
+            raise HandlerError(401, "Invalid JWT token", "Unauthorized") from None
         user = self.users.get(claims.get("id"))
         if (not hmac.compare_digest(sig, good) or claims["exp"] < time.time() or user is None
                 or user["TokenIssueAt"] > claims["iat"]):

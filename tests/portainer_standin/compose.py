@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-from typing import Optional
 
 import yaml
 
@@ -42,14 +41,14 @@ class ComposeError(Exception):
     """docker compose failed; the text is what it printed on stderr."""
 
 
-def project_environment(process_env: dict[str, str], env_file: Optional[str]) -> dict[str, str]:
+def project_environment(process_env: dict[str, str], env_file: str | None) -> dict[str, str]:
     """cli.WithOsEnv, then WithEnvFiles/WithDotEnv: the env file fills in what the process lacks."""
     env = dict(process_env)
     if env_file is not None:
         try:
             parsed = dotenv.parse(env_file, lambda k: process_env.get(k))
         except (dotenv.DotenvError, dotenv.MissingRequired, dotenv.InvalidTemplate) as err:
-            raise ComposeError(f"failed to read stack.env: {err}")
+            raise ComposeError(f"failed to read stack.env: {err}") from err
         for k, v in parsed.items():
             env.setdefault(k, v)
     return env
@@ -65,9 +64,9 @@ def interpolate(value, env: dict[str, str], warnings: list[str], path: list[str]
             return dotenv.substitute(value, lambda k: env.get(k), warnings)
         except dotenv.InvalidTemplate:
             raise ComposeError(f"invalid interpolation format for {_path(path)}.\n"
-                               f"You may need to escape any $ with another $.\n{value}")
+                               f"You may need to escape any $ with another $.\n{value}") from None
         except dotenv.MissingRequired as err:
-            raise ComposeError(f"error while interpolating {_path(path)}: {err}")
+            raise ComposeError(f"error while interpolating {_path(path)}: {err}") from err
     if isinstance(value, dict):
         return {k: interpolate(v, env, warnings, path + [str(k)]) for k, v in value.items()}
     if isinstance(value, list):
@@ -144,7 +143,7 @@ class Engine:
         self.containers[name] = c
         return c
 
-    def up(self, project: str, text: str, process_env: dict[str, str], env_file: Optional[str],
+    def up(self, project: str, text: str, process_env: dict[str, str], env_file: str | None,
            warnings: list[str], force_recreate: bool = False) -> None:
         """``up -d``; what compose warns about goes to ``warnings`` (failed or not); ComposeError
         when it failed."""
@@ -152,12 +151,13 @@ class Engine:
         try:
             doc = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise ComposeError(f"yaml: {err}")
+            raise ComposeError(f"yaml: {err}") from err
         if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict) or not doc["services"]:
             raise ComposeError("no service selected")
         doc = interpolate(doc, env, warnings, [])
         services = doc["services"]
-        orphans = sorted(c["Names"][0][1:] for c in self.of_project(project) if c["Labels"].get(SERVICE) not in services)
+        orphans = sorted(c["Names"][0][1:] for c in self.of_project(project)
+                         if c["Labels"].get(SERVICE) not in services)
         if orphans:
             warnings.append(f"Found orphan containers ({orphans}) for this project. If you removed or renamed this "
                             "service in your compose file, you can run this command with the --remove-orphans flag "

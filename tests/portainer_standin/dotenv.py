@@ -13,9 +13,9 @@ corpus of env files; ``test_stacks_lab`` checks this port against it.
 from __future__ import annotations
 
 import re
-from typing import Callable, Optional
+from collections.abc import Callable
 
-Lookup = Callable[[str], Optional[str]]
+Lookup = Callable[[str], str | None]
 
 
 class DotenvError(ValueError):
@@ -145,7 +145,7 @@ def _replace(substring: str, mapping: Lookup, warnings: list[str]) -> str:
     return value or ""
 
 
-def substitute(template: str, mapping: Lookup, warnings: Optional[list[str]] = None) -> str:
+def substitute(template: str, mapping: Lookup, warnings: list[str] | None = None) -> str:
     """template.Substitute (SubstituteWithOptions with the default pattern); the first error raises."""
     warnings = [] if warnings is None else warnings
     errors: list[Exception] = []
@@ -299,7 +299,7 @@ class _Parser:
 
 def _mapping(env: dict, lookup: Lookup) -> Lookup:
     """expandVariables: the lookup (the process environment) first, then what the file set above."""
-    def get(k: str) -> Optional[str]:
+    def get(k: str) -> str | None:
         v = lookup(k)
         return v if v is not None else env.get(k)
     return get

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 import ssl
 from urllib.parse import urlsplit
 
@@ -52,13 +51,14 @@ def _get(url: str, path: str, tls: ssl.SSLContext, headers: dict) -> http.client
         resp.body = resp.read()
         return resp
     except ssl.SSLCertVerificationError as err:
-        raise OSError(f'Get "{target}": tls: failed to verify certificate: x509: {err.verify_message}')
+        raise OSError(f'Get "{target}": tls: failed to verify certificate: x509: {err.verify_message}') from err
     except ConnectionRefusedError:
-        raise OSError(f'Get "{target}": dial tcp {host}:{port}: connect: connection refused')
-    except socket.timeout:
-        raise OSError(f'Get "{target}": context deadline exceeded (Client.Timeout exceeded while awaiting headers)')
+        raise OSError(f'Get "{target}": dial tcp {host}:{port}: connect: connection refused') from None
+    except TimeoutError:
+        raise OSError(f'Get "{target}": context deadline exceeded '
+                      "(Client.Timeout exceeded while awaiting headers)") from None
     except OSError as err:
-        raise OSError(f'Get "{target}": {err}')
+        raise OSError(f'Get "{target}": {err}') from err
     finally:
         conn.close()
 
@@ -136,7 +136,7 @@ def register(router: Router, state) -> None:
         try:
             version = agent_version(form["URL"], tls)
         except OSError as err:
-            raise HandlerError(500, "Unable to get environment type", str(err))
+            raise HandlerError(500, "Unable to get environment type", str(err)) from err
         try:      # SnapshotEndpoint: the ping again, then the Docker API through the agent, signed
             agent_version(form["URL"], tls)
             resp = _get(form["URL"], "/_ping", tls, signer.headers())
@@ -146,7 +146,7 @@ def register(router: Router, state) -> None:
             detail = str(err)
             if "Invalid request signature" in detail:
                 detail = "agent already paired with another Portainer instance"
-            raise HandlerError(500, "Unable to initiate communications with environment", detail)
+            raise HandlerError(500, "Unable to initiate communications with environment", detail) from err
         eid = state.next_id("endpoint")
         state.endpoints[eid] = {
             "Id": eid, "Name": form["Name"], "Type": AGENT_ON_DOCKER, "URL": form["URL"],

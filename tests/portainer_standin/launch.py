@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -9,8 +10,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from lab import Processes, wait_port
 
@@ -26,7 +27,7 @@ class StandIn:
         self._ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)   # test hooks only: no trust needed
         self._ctx.check_hostname, self._ctx.verify_mode = False, ssl.CERT_NONE
 
-    def call(self, method: str, path: str, body=None, token: Optional[str] = None) -> tuple[int, object]:
+    def call(self, method: str, path: str, body=None, token: str | None = None) -> tuple[int, object]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if token:
@@ -53,18 +54,19 @@ class StandIn:
         self.call("POST", f"/_engine/{agent}/remove", {"name": name})
 
 
-def _spawn(procs: Processes, args: list[str], config: dict, log: Optional[Path]) -> None:
-    out = open(log, "ab") if log else subprocess.DEVNULL
+def _spawn(procs: Processes, args: list[str], config: dict, log: Path | None) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    proc = procs.start([sys.executable, "-m", "portainer_standin.server", *args], stdin=subprocess.PIPE,
-                       stdout=out, stderr=subprocess.STDOUT, env=env)
+    # the server writes to its own copy of the log's descriptor
+    with open(log, "ab") if log else contextlib.nullcontext(subprocess.DEVNULL) as out:
+        proc = procs.start([sys.executable, "-m", "portainer_standin.server", *args], stdin=subprocess.PIPE,
+                           stdout=out, stderr=subprocess.STDOUT, env=env)
     proc.stdin.write(json.dumps(config).encode())        # secrets on stdin, never in argv
     proc.stdin.close()
 
 
 def start_portainer(procs: Processes, *, admin_password: str, cert: str, key: str, address: str = "127.0.0.1",
                     port: int = 9443, agent_secret: str = "", endpoints: Sequence[dict] = (),
-                    log: Optional[Path] = None) -> StandIn:
+                    log: Path | None = None) -> StandIn:
     """Portainer as its first start with ``--admin-password-file`` leaves it (user 1 "admin"),
     serving HTTPS with ``cert``/``key`` on ``address:port``, with ``AGENT_SECRET=agent_secret``.
     ``endpoints`` are environments registered before (as ``GET /api/endpoints`` lists them)."""
@@ -75,7 +77,7 @@ def start_portainer(procs: Processes, *, admin_password: str, cert: str, key: st
 
 
 def start_agent(procs: Processes, *, address: str, port: int, secret: str, cert: str, key: str,
-                log: Optional[Path] = None) -> None:
+                log: Path | None = None) -> None:
     """A Portainer agent on ``address:port`` with ``AGENT_SECRET=secret``, serving ``cert``/``key``."""
     _spawn(procs, ["agent"], {"address": address, "port": port, "secret": secret, "cert": str(cert),
                               "key": str(key)}, log)

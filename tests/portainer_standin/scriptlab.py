@@ -33,7 +33,7 @@ class ScriptLab:
         self.argv_log = root / "argv.log"
         self.portainer: StandIn | None = None
         for tool in ("curl", "jq"):      # record every command line, then run the real tool
-            real = subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip()
+            real = subprocess.run(["which", tool], capture_output=True, text=True, check=False).stdout.strip()
             self.exe(tool, f'printf "%s\\0" {tool} "$@" >> {self.argv_log}\n'
                            f'printf "\\n" >> {self.argv_log}\nexec {real} "$@"\n')
 
@@ -86,7 +86,7 @@ class ScriptLab:
 
     def wrap_curl(self, before: str = "") -> None:
         """The recording ``curl``, with ``before`` (bash) run first in it."""
-        real = subprocess.run(["which", "curl"], capture_output=True, text=True).stdout.strip()
+        real = subprocess.run(["which", "curl"], capture_output=True, text=True, check=False).stdout.strip()
         self.exe("curl", f'printf "%s\\0" curl "$@" >> {self.argv_log}\nprintf "\\n" >> {self.argv_log}\n'
                          f'{before}exec {real} "$@"\n')
 
@@ -110,7 +110,7 @@ class ScriptLab:
         path = self.root / f"script-{abs(hash(script))}.sh"
         path.write_text(self.remap(script))
         return subprocess.run(["bash", str(path), *args], capture_output=True, text=True, env=self.env(**env),
-                              timeout=300)
+                              timeout=300, check=False)
 
     def state(self) -> dict:
         return self.portainer.state()

@@ -75,7 +75,7 @@ def register(router: Router, state) -> None:
             engine.up(s["Name"], s["_file"], state.process_env, s["_stack_env"], state.compose_warnings)
         except ComposeError as err:
             engine.down(s["Name"])
-            raise HandlerError(500, f"failed to deploy a stack: {err}")
+            raise HandlerError(500, f"failed to deploy a stack: {err}") from err
 
     @router.add("GET", "/api/stacks")
     def stack_list(req: Request):
@@ -112,7 +112,8 @@ def register(router: Router, state) -> None:
         sid = state.next_id("stack")
         s = {"Id": sid, "Name": name, "Type": COMPOSE_STACK, "EndpointId": eid, "SwarmId": "",
              "EntryPoint": ENTRY_POINT, "Env": pairs(p["Env"]), "Status": ACTIVE,
-             "ProjectPath": f"/data/compose/{sid}", "CreationDate": int(time.time()), "CreatedBy": req.token["username"],
+             "ProjectPath": f"/data/compose/{sid}", "CreationDate": int(time.time()),
+             "CreatedBy": req.token["username"],
              "UpdateDate": 0, "UpdatedBy": "", "FromAppTemplate": p["FromAppTemplate"],
              "ResourceControl": {"ResourceId": f"{eid}_{name}", "Type": 6, "AdministratorsOnly": True},
              "_file": p["StackFileContent"]}
@@ -158,7 +159,7 @@ def register(router: Router, state) -> None:
         try:
             state.engine(ep).up(s["Name"], s["_file"], state.process_env, env_file(s["Env"]), state.compose_warnings)
         except ComposeError as err:
-            raise HandlerError(500, "Unable to start stack", str(err))
+            raise HandlerError(500, "Unable to start stack", str(err)) from err
         s["Status"] = ACTIVE
         return 200, public(s)
 

@@ -6,21 +6,38 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Optional
 
 from phoenix.model import Service
-from phoenix.render.mesh.names import (CIRCUIT_BREAKER, CONFIG_MARKER_PREFIX, DASHBOARD_AUTH, DASHBOARD_ENTRYPOINT,
-                                       DASHBOARD_ROUTER, GATEWAY_CLIENT_CA_PATH, INTERNAL_ONLY, LOCAL_API_ROUTER,
-                                       METRICS_ENTRYPOINT, METRICS_PATH, METRICS_ROUTER, MTLS_OPTION, PING_ROUTER,
-                                       RESOLVER, RETRY, USERS_PATH, mesh_router_name,
-                                       replica_service_name, router_name, service_name, transport_name)
+from phoenix.render.mesh.names import (
+    CIRCUIT_BREAKER,
+    CONFIG_MARKER_PREFIX,
+    DASHBOARD_AUTH,
+    DASHBOARD_ENTRYPOINT,
+    DASHBOARD_ROUTER,
+    GATEWAY_CLIENT_CA_PATH,
+    INTERNAL_ONLY,
+    LOCAL_API_ROUTER,
+    METRICS_ENTRYPOINT,
+    METRICS_PATH,
+    METRICS_ROUTER,
+    MTLS_OPTION,
+    PING_ROUTER,
+    RESOLVER,
+    RETRY,
+    USERS_PATH,
+    mesh_router_name,
+    replica_service_name,
+    router_name,
+    service_name,
+    transport_name,
+)
 from phoenix.render.mesh.static import gateway_entrypoints
 from phoenix.topology import MESH_PING_PATH, ROOT_CA_TRUST_PATH, Backend, Route, Topology
 
 LOOPBACK = "127.0.0.1"
 
 
-def _tls(client_auth: bool, topo: Topology, names: Optional[list[str]] = None) -> dict:
+def _tls(client_auth: bool, topo: Topology, names: list[str] | None = None) -> dict:
     """A router's TLS: the certificate Traefik orders from Step-CA for ``names`` (by default
     the mesh's own name, the one the gateway verifies), and the gateway's TLS option."""
     main, *sans = names or [topo.mesh_name]

@@ -3,15 +3,25 @@ expects to find running, the systemd unit, the install and health scripts, the d
 
 from __future__ import annotations
 
-from typing import Optional
-
 import yaml
 
 from phoenix.render import render
 from phoenix.render.mesh.dynamic import dynamic_config
-from phoenix.render.mesh.names import (ACME_STORAGE, BINARY, CONFIG_DIR, CONFIG_MARKER_PREFIX, DASHBOARD_USER,
-                                       DYNAMIC_DIR, DYNAMIC_PATH, STATE_DIR, STATIC_PATH, USER, checksums_file,
-                                       release_file, release_url)
+from phoenix.render.mesh.names import (
+    ACME_STORAGE,
+    BINARY,
+    CONFIG_DIR,
+    CONFIG_MARKER_PREFIX,
+    DASHBOARD_USER,
+    DYNAMIC_DIR,
+    DYNAMIC_PATH,
+    STATE_DIR,
+    STATIC_PATH,
+    USER,
+    checksums_file,
+    release_file,
+    release_url,
+)
 from phoenix.render.mesh.static import entrypoint_ports
 from phoenix.topology import MESH_PING_PATH, ROOT_CA_TRUST_PATH, Topology
 
@@ -25,7 +35,7 @@ def to_yaml(doc: dict) -> str:
     return _HEADER + yaml.dump(doc, Dumper=_DUMPER, sort_keys=False, default_flow_style=False, width=120)
 
 
-def expected_entries(topo: Topology, dynamic: Optional[dict] = None) -> list[str]:
+def expected_entries(topo: Topology, dynamic: dict | None = None) -> list[str]:
     """Strings the running configuration (``/api/rawdata``) holds once the dynamic file is loaded:
     every router and service by its provider-qualified name, every backend URL, and the file's
     marker (``mark``) (``dynamic``: the configuration pushed, by default rendered here)."""
@@ -38,7 +48,7 @@ def expected_entries(topo: Topology, dynamic: Optional[dict] = None) -> list[str
     return list(dict.fromkeys(out))
 
 
-def expected_text(topo: Topology, dynamic: Optional[dict] = None) -> str:
+def expected_text(topo: Topology, dynamic: dict | None = None) -> str:
     return "\n".join(expected_entries(topo, dynamic)) + "\n"
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from phoenix.model import replica_name
 from phoenix.render import SCRIPTS
 from phoenix.topology import Route
@@ -60,7 +58,7 @@ def replica_service_name(service: str, guest: str) -> str:
     return replica_name(service, guest)
 
 
-def transport_name(service: str, guest: Optional[str] = None) -> str:
+def transport_name(service: str, guest: str | None = None) -> str:
     """The servers transport of a service's backends, or of one replica's when it is replicated."""
     return f"{service if guest is None else replica_service_name(service, guest)}-backend"
 

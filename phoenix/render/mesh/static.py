@@ -3,8 +3,17 @@
 
 from __future__ import annotations
 
-from phoenix.render.mesh.names import (ACME_ENTRYPOINT, ACME_HTTP_PORT, ACME_STORAGE, DASHBOARD_ENTRYPOINT,
-                                       DYNAMIC_DIR, METRICS_ENTRYPOINT, RESOLVER)
+from typing import Any
+
+from phoenix.render.mesh.names import (
+    ACME_ENTRYPOINT,
+    ACME_HTTP_PORT,
+    ACME_STORAGE,
+    DASHBOARD_ENTRYPOINT,
+    DYNAMIC_DIR,
+    METRICS_ENTRYPOINT,
+    RESOLVER,
+)
 from phoenix.topology import Topology
 
 
@@ -33,7 +42,7 @@ def entrypoint_ports(topo: Topology) -> dict[str, int]:
 #:   ``%25``, ``%3F`` and ``%23`` stay allowed: they are data in the path segments of the
 #:   services' APIs (a model id ``org/name``, an image name in Portainer's Docker proxy), and the
 #:   mesh routes by Host, so no router decision depends on how a backend decodes them.
-ENTRYPOINT_HTTP = {
+ENTRYPOINT_HTTP: dict[str, Any] = {
     "aliasHeadersStrategy": "delete",
     "encodedCharacters": {
         "allowEncodedSlash": True, "allowEncodedBackSlash": False, "allowEncodedNullCharacter": False,
