@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import socket
 import ssl
 import statistics
@@ -47,9 +46,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from bench import nginx_bench  # noqa: E402
 from conftest import edited  # noqa: E402
 from gateway_harness import GatewayLab, MeshStandIn  # noqa: E402
 from lab import Processes, non_loopback_routes, wait_port  # noqa: E402
+from phoenix.model.lab import Gateway  # noqa: E402
 from phoenix.plan import make_plan  # noqa: E402
 from phoenix.render import gateway as gw  # noqa: E402
 
@@ -59,18 +60,8 @@ PROXY_CPU, REST_CPU = "1", "0"
 BARE_ADDRESS, BARE_PORT = "127.0.0.11", 8443
 TICK = os.sysconf("SC_CLK_TCK")
 
-BACKEND_CONF = """
-worker_processes auto;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
+#: the stand-in mesh entrypoint: TLS, the gateway's client certificate asked for, one answer.
+BACKEND_HTTP = """
     keepalive_requests 1000000;
     server {{
         listen {address}:{port} ssl;
@@ -84,23 +75,11 @@ http {{
             return 200 "ok\\n";
         }}
     }}
-}}
 """
 
 #: the bare proxy: what anyone writes to put nginx with TLS in front of a TLS backend, and
 #: keepalive to it (without it every request would pay a TLS handshake to the backend).
-BARE_CONF = """
-worker_processes auto;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
+BARE_HTTP = """
     upstream backend {{
         server {backend};
         keepalive 32;
@@ -116,12 +95,16 @@ http {{
             proxy_set_header Connection "";
         }}
     }}
-}}
 """
 
 
 def unlimited(raw: dict) -> None:
-    raw.setdefault("gateway", {}).update({"rateLimitPerSecond": 10_000_000, "rateLimitBurst": 10_000_000})
+    """The per-client rate limit at the most the model allows (one client address sends all the
+    load here; the bench measures the proxy, not the limiter)."""
+    def most(field: str) -> int:
+        return next(m.le for m in Gateway.model_fields[field].metadata if getattr(m, "le", None) is not None)
+    raw.setdefault("gateway", {}).update({"rateLimitPerSecond": most("rate_limit_per_second"),
+                                          "rateLimitBurst": most("rate_limit_burst")})
 
 
 def pinned(cmd: list[str], cpu: str) -> list[str]:
@@ -129,19 +112,11 @@ def pinned(cmd: list[str], cpu: str) -> list[str]:
 
 
 def h2load_cmd(url: str, requests: int, clients: int, h1: bool) -> list[str]:
-    return pinned(["h2load", "-n", str(requests), "-c", str(clients), "-t", "1", *(["--h1"] if h1 else []), url],
-                  REST_CPU)
+    return nginx_bench.h2load_cmd(url, requests, clients, h1, REST_CPU)
 
 
 def h2load(url: str, requests: int, clients: int, h1: bool) -> float:
-    out = subprocess.run(h2load_cmd(url, requests, clients, h1), capture_output=True, text=True, timeout=300,
-                         check=False).stdout
-    found = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
-    failed = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", out)
-    codes = re.search(r"status codes: (\d+) 2xx", out)
-    if not (found and failed and codes) or int(failed.group(1)) or int(codes.group(1)) != requests:
-        raise SystemExit(f"h2load saw failures on {url}:\n{out}")
-    return float(found.group(1))
+    return nginx_bench.h2load(url, requests, clients, h1, REST_CPU)[0]
 
 
 def tree_cpu(master: int) -> float:
@@ -197,12 +172,10 @@ class Bench:
             hosts.write(f"{BARE_ADDRESS} {self.bare_host}\n")
         self.backend = self.start_backend()
         bare = self.tmp / "bare"
-        for d in ("", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (bare / d).mkdir(exist_ok=True)
-        self.bare_conf = BARE_CONF.format(
-            prefix=bare, address=BARE_ADDRESS, port=BARE_PORT,
+        self.bare_conf = nginx_bench.offroot_conf(bare, BARE_HTTP.format(
+            address=BARE_ADDRESS, port=BARE_PORT,
             backend=f"{self.server.upstream_address}:{self.server.upstream_port}",
-            cert=f"{gw.PUBLIC_CERT_LINK}/fullchain.pem", key=f"{gw.PUBLIC_CERT_LINK}/privkey.pem")
+            cert=f"{gw.PUBLIC_CERT_LINK}/fullchain.pem", key=f"{gw.PUBLIC_CERT_LINK}/privkey.pem"))
         (bare / "nginx.conf").write_text(self.bare_conf)
         self.bare = self.procs.start(pinned(["nginx", "-p", f"{bare}/", "-c", f"{bare}/nginx.conf",
                                              "-g", "daemon off;"], PROXY_CPU), stdout=subprocess.DEVNULL)
@@ -217,8 +190,8 @@ class Bench:
         (backend / "mesh.crt").write_text(chain)
         (backend / "mesh.key").write_text(key)
         (backend / "root.crt").write_text(self.lab.pki.root_pem)
-        (backend / "nginx.conf").write_text(BACKEND_CONF.format(
-            prefix=backend, address=self.server.upstream_address, port=self.server.upstream_port))
+        (backend / "nginx.conf").write_text(nginx_bench.offroot_conf(backend, BACKEND_HTTP.format(
+            prefix=backend, address=self.server.upstream_address, port=self.server.upstream_port)))
         proc = self.procs.start(pinned(["nginx", "-p", f"{backend}/", "-c", f"{backend}/nginx.conf",
                                         "-g", "daemon off;"], REST_CPU), stdout=subprocess.DEVNULL)
         wait_port(self.server.upstream_address, self.server.upstream_port)

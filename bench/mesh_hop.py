@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -43,9 +42,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from backend_harness import wait_until  # noqa: E402
+from bench import nginx_bench  # noqa: E402
 from conftest import shipped_plan  # noqa: E402
-from lab import Processes, non_loopback_routes  # noqa: E402
+from lab import Processes, non_loopback_routes, wait_until  # noqa: E402
 from mesh_harness import MeshLab  # noqa: E402
 
 MESH_CPU, REST_CPU = "1", "0"
@@ -53,18 +52,7 @@ SERVICE = "llm"
 PATH = "/bench"
 PAYLOAD = "x" * 1023 + "\n"      # the same 1 KiB body on both paths
 
-BACKEND_CONF = """
-worker_processes 1;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {prefix}/body;
-    proxy_temp_path {prefix}/proxy;
-    fastcgi_temp_path {prefix}/fastcgi;
-    uwsgi_temp_path {prefix}/uwsgi;
-    scgi_temp_path {prefix}/scgi;
+BACKEND_HTTP = """
     keepalive_requests 1000000;
     keepalive_timeout 300s;
     server {{
@@ -77,28 +65,17 @@ http {{
             return 200 "{payload}";
         }}
     }}
-}}
 """
 
 
 def h2load_cmd(url: str, requests: int, clients: int) -> list[str]:
     """One client for both paths: h2load over HTTP/1.1 keep-alive connections, on CPU 0."""
-    return ["taskset", "-c", REST_CPU, "h2load", "--h1", "-n", str(requests), "-c", str(clients), "-t", "1", url]
+    return nginx_bench.h2load_cmd(url, requests, clients, True, REST_CPU)
 
 
 def h2load(url: str, requests: int, clients: int) -> tuple[float, float]:
     """(requests per second, mean milliseconds per request) of one h2load run; every request 200."""
-    out = subprocess.run(h2load_cmd(url, requests, clients), capture_output=True, text=True, timeout=600,
-                         check=False).stdout
-    found = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
-    codes = re.search(r"status codes: (\d+) 2xx", out)
-    if not found or not codes or int(codes.group(1)) != requests:
-        raise SystemExit(f"h2load saw failures on {url}:\n{out}")
-    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
-    if not mean:
-        raise SystemExit(f"h2load printed no mean time per request for {url}:\n{out}")
-    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[mean.group(2)]
-    return float(found.group(1)), float(mean.group(1)) * scale
+    return nginx_bench.h2load(url, requests, clients, True, REST_CPU)
 
 
 class Bench:
@@ -126,14 +103,13 @@ class Bench:
         if network is None:
             raise SystemExit("the mesh lab is not up: no backend network to start nginx in")
         prefix = self.tmp / "backend"
-        for d in ("", "body", "proxy", "fastcgi", "uwsgi", "scgi"):
-            (prefix / d).mkdir(exist_ok=True)
+        prefix.mkdir()
         topo = self.lab.topo
         chain, key = self.lab.pki.ca.issue([topo.replica_tls_name(self.service, self.backend.guest)])
         (prefix / "backend.crt").write_text(chain)
         (prefix / "backend.key").write_text(key)
-        (prefix / "nginx.conf").write_text(BACKEND_CONF.format(prefix=prefix, address=self.backend.address,
-                                                               port=self.backend.port, payload=PAYLOAD.strip()))
+        (prefix / "nginx.conf").write_text(nginx_bench.offroot_conf(prefix, BACKEND_HTTP.format(
+            prefix=prefix, address=self.backend.address, port=self.backend.port, payload=PAYLOAD.strip()), workers="1"))
         self.nginx = self.procs.start(["nsenter", f"--net={network.ns}", "--", "taskset", "-c", REST_CPU,
                                        "nginx", "-p", f"{prefix}/", "-c", f"{prefix}/nginx.conf", "-g", "daemon off;"],
                                       stdout=subprocess.DEVNULL)

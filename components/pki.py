@@ -50,18 +50,33 @@ class PkiTier(pulumi.ComponentResource):
                 allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
                 set_subject_key_id=True),
             opts=keep)
-        self.intermediate_key = tls.PrivateKey(
-            "intermediate-ca-key", tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P256"),
-            opts=pulumi.ResourceOptions(parent=self))
+        self.intermediate_key, self.intermediate_cert = self._intermediate(
+            "intermediate-ca", f"{pki.organization} Intermediate CA", ctx)
+        self.gateway_client_ca_key, self.gateway_client_ca = self._intermediate(
+            "gateway-client-ca", f"{pki.organization} Gateway Client CA", ctx)
+        self.root_cert_pem = self.root_cert.cert_pem
+        self.root_fingerprint = self.root_cert.cert_pem.apply(fingerprint_sha256)
+        self.intermediate_cert_pem = self.intermediate_cert.cert_pem
+        self.intermediate_key_pem = secret(self.intermediate_key.private_key_pem)
+        self.gateway_client_ca_pem = self.gateway_client_ca.cert_pem
+        self.register_outputs({"root_cert_pem": self.root_cert_pem, "root_fingerprint": self.root_fingerprint,
+                               "intermediate_cert_pem": self.intermediate_cert_pem})
+
+    def _intermediate(self, name: str, common_name: str,
+                      ctx: Context) -> tuple[tls.PrivateKey, tls.LocallySignedCert]:
+        """A CA signed by the root that signs only leaves (pathlen 0), renewed a tenth before expiry.
+        Unlike the root it is not protected: renewing it replaces it, which is how it rotates."""
+        pki = ctx.lab.pki
+        opts = pulumi.ResourceOptions(parent=self)
+        key = tls.PrivateKey(f"{name}-key", tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P256"), opts=opts)
         csr = tls.CertRequest(
-            "intermediate-ca-csr",
-            tls.CertRequestArgs(private_key_pem=self.intermediate_key.private_key_pem,
-                                subject=tls.CertRequestSubjectArgs(
-                                    common_name=f"{pki.organization} Intermediate CA",
-                                    organization=pki.organization)),
-            opts=pulumi.ResourceOptions(parent=self))
-        self.intermediate_cert = tls.LocallySignedCert(
-            "intermediate-ca-cert",
+            f"{name}-csr",
+            tls.CertRequestArgs(private_key_pem=key.private_key_pem,
+                                subject=tls.CertRequestSubjectArgs(common_name=common_name,
+                                                                   organization=pki.organization)),
+            opts=opts)
+        cert = tls.LocallySignedCert(
+            f"{name}-cert",
             tls.LocallySignedCertArgs(
                 cert_request_pem=csr.cert_request_pem,
                 ca_private_key_pem=self.root_key.private_key_pem, ca_cert_pem=self.root_cert.cert_pem,
@@ -70,32 +85,5 @@ class PkiTier(pulumi.ComponentResource):
                 early_renewal_hours=pki.intermediate_lifetime_hours // 10,
                 allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
                 set_subject_key_id=True),
-            opts=pulumi.ResourceOptions(parent=self))
-        self.gateway_client_ca_key = tls.PrivateKey(
-            "gateway-client-ca-key", tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P256"),
-            opts=pulumi.ResourceOptions(parent=self))
-        ca_csr = tls.CertRequest(
-            "gateway-client-ca-csr",
-            tls.CertRequestArgs(private_key_pem=self.gateway_client_ca_key.private_key_pem,
-                                subject=tls.CertRequestSubjectArgs(
-                                    common_name=f"{pki.organization} Gateway Client CA",
-                                    organization=pki.organization)),
-            opts=pulumi.ResourceOptions(parent=self))
-        self.gateway_client_ca = tls.LocallySignedCert(
-            "gateway-client-ca-cert",
-            tls.LocallySignedCertArgs(
-                cert_request_pem=ca_csr.cert_request_pem,
-                ca_private_key_pem=self.root_key.private_key_pem, ca_cert_pem=self.root_cert.cert_pem,
-                is_ca_certificate=True, max_path_length=0,
-                validity_period_hours=pki.intermediate_lifetime_hours,
-                early_renewal_hours=pki.intermediate_lifetime_hours // 10,
-                allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
-                set_subject_key_id=True),
-            opts=pulumi.ResourceOptions(parent=self))
-        self.root_cert_pem = self.root_cert.cert_pem
-        self.root_fingerprint = self.root_cert.cert_pem.apply(fingerprint_sha256)
-        self.intermediate_cert_pem = self.intermediate_cert.cert_pem
-        self.intermediate_key_pem = secret(self.intermediate_key.private_key_pem)
-        self.gateway_client_ca_pem = self.gateway_client_ca.cert_pem
-        self.register_outputs({"root_cert_pem": self.root_cert_pem, "root_fingerprint": self.root_fingerprint,
-                               "intermediate_cert_pem": self.intermediate_cert_pem})
+            opts=opts)
+        return key, cert

@@ -7,7 +7,7 @@
 * ``BackendNetwork``: the backends' guests in a network namespace of their own, linked to the
   lab's by a veth pair (see its docstring for why).
 * clients: ``request`` (HTTPS with a chosen SNI, Host, client certificate and source address),
-  ``http_get``; and ``wait_until``.
+  ``http_get``.
 
 Only inside the isolated namespace (``scripts/in-netns.sh``).
 """
@@ -22,12 +22,11 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lab import Processes
+from lab import Processes, wait_until
 
 
 # ---- backends ---------------------------------------------------------------------------------
@@ -185,12 +184,3 @@ def http_get(url: str, source: str | None = None, headers: dict | None = None, t
     finally:
         conn.close()
 
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

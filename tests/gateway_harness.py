@@ -30,7 +30,7 @@ from cryptography.x509.oid import NameOID
 from components.base import APPLY
 from components.gateway import STEP_INSTALL, STEP_NGINX, STEP_PLACEHOLDER, STEP_PUBLIC_CERT
 from conftest import ROOT
-from lab import Processes, add_loopback_addresses, require_isolated, wait_port
+from lab import Processes, add_loopback_addresses, require_isolated, wait_port, wait_until
 from phoenix.bundle import GuestFile, pack, unpack
 from phoenix.plan.writer import COMMAND, command_guest, pushed_files
 from phoenix.render import NGINX_RELOAD_HELPER
@@ -328,14 +328,6 @@ def served_leaf(host: str, address: str) -> bytes:
 def file_leaf(path: str) -> bytes:
     return x509.load_pem_x509_certificate(Path(path).read_bytes()).public_bytes(serialization.Encoding.DER)
 
-
-def wait_until(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ---- the lab ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,9 @@ import units
 from lab import require_isolated
 
 TREES = ("/etc", "/var", "/run", "/usr", "/root")
+#: what a guest runs from the checkout (systemctl and docker stand-ins, tools, the virtualenv):
+#: a checkout under /tmp (a clone made there) must stay visible through the guest's private /tmp.
+CHECKOUT = Path(__file__).resolve().parent.parent
 BRIDGE = "phx0"
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -112,6 +116,21 @@ class LabNetwork:
         subreaper(False)
 
 
+def private_tmp(keep: list[Path]) -> list[str]:
+    """Shell lines giving a guest a tmpfs of its own at /tmp that still shows ``keep`` (those of
+    them under /tmp) read-only at their own paths: held by a bind under /run (an overlay, so
+    writable) while the tmpfs goes over /tmp, then bound back in place."""
+    kept = [path for path in keep if path.is_relative_to("/tmp")]
+    lines = [f"mkdir -p /run/phoenix-keep/{i} && mount --bind {shlex.quote(str(path))} /run/phoenix-keep/{i}"
+             for i, path in enumerate(kept)]
+    lines.append("mount -t tmpfs -o mode=1777 tmpfs /tmp")
+    for i, path in enumerate(kept):
+        where = shlex.quote(str(path))
+        lines += [f"mkdir -p {where} && mount --bind /run/phoenix-keep/{i} {where}",
+                  f"mount -o remount,bind,ro {where} && umount /run/phoenix-keep/{i}"]
+    return lines
+
+
 class Guest:
     """One guest (see the module docstring)."""
 
@@ -140,7 +159,7 @@ class Guest:
             script.append(f"mount -t overlay overlay -o lowerdir={tree},upperdir={upper},workdir={work} {tree}")
         # The overlays keep their own (writable) handle on their upper directories: everything
         # else of the root file system becomes read-only for the guest, and /tmp its own.
-        script += ["mount -o remount,bind,ro /", "mount -t tmpfs -o mode=1777 tmpfs /tmp"]
+        script += ["mount -o remount,bind,ro /", *private_tmp(sorted({CHECKOUT, Path(sys.prefix).resolve()}))]
         done = subprocess.run(["nsenter", "-t", str(self.pid), "--mount", "--", "sh", "-ec", "\n".join(script)],
                               capture_output=True, text=True, check=False)
         if done.returncode:

@@ -76,6 +76,17 @@ def loopback_addresses_released():
                        check=False)
 
 
+def wait_until(predicate, timeout: float = 10.0, what: str = "condition", interval: float = 0.1):
+    """``predicate()``'s first true value within ``timeout`` seconds, else an AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
 def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

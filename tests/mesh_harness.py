@@ -48,10 +48,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backend_harness import BackendNetwork, BackendServer, client_context, http_get, request, server_context, wait_until
+from backend_harness import BackendNetwork, BackendServer, client_context, http_get, request, server_context
 from conftest import edited, shipped_plan
 from gateway_harness import GuestRoot, PlanPki, run_step, with_file
-from lab import Processes, add_loopback_addresses, require_isolated, require_tools
+from lab import Processes, add_loopback_addresses, require_isolated, require_tools, wait_until
 from phoenix.plan import make_plan
 from phoenix.plan.writer import COMMAND, command_guest, pushed_files
 from phoenix.render import APPLY
@@ -130,7 +130,7 @@ class MeshLab:
         self.start_dns()
         self.start_ca(step_ca_binary)
         self.start_backends()
-        os.symlink(traefik_binary, mesh_render.BINARY)
+        install_binary(traefik_binary, mesh_render.BINARY)
         self.install_traefik()
         self.apply(self.mesh, "traefik-static")
         self.apply(self.mesh, "traefik-dynamic")
@@ -182,7 +182,7 @@ class MeshLab:
         script = trust_render.ca_install_script(pinned)
         users = script[script.index("getent group"):]
         subprocess.run(["bash", "-euo", "pipefail", "-c", users], check=True, capture_output=True, text=True)
-        os.symlink(binary, "/usr/bin/step-ca")
+        install_binary(binary, "/usr/bin/step-ca")
         self.apply(self.ca, "step-ca-config")
 
     def start_backends(self) -> None:
@@ -313,3 +313,9 @@ def mesh_lab(stacks: list[str]):
         finally:
             mesh.down()
     return lab
+
+
+def install_binary(source: str, target: str) -> None:
+    """A copy, as the package installs it: a link into the checkout would dangle under the unit's
+    PrivateTmp when the checkout is under /tmp."""
+    shutil.copy2(source, target)

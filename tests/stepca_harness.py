@@ -290,13 +290,3 @@ def chain_problems(chain_pem: str, root_pem: str, intermediate_pem: str, tmp: Pa
         problems.append(done.stdout + done.stderr)
     return problems
 
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
-    """``predicate()``'s first true value within ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

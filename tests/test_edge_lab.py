@@ -26,10 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from backend_harness import wait_until
 from conftest import edited
 from gateway_harness import SYSTEMCTL, gateway_steps
-from lab import Processes, require_isolated, require_tools
+from lab import Processes, require_isolated, require_tools, wait_until
 from mesh_harness import MeshLab
 from phoenix.plan import make_plan
 from phoenix.render import gateway as gw

@@ -53,12 +53,11 @@ from gateway_harness import (
     run_step,
     served_leaf,
     tls_socket,
-    wait_until,
     with_file,
     ws_frame,
     ws_read,
 )
-from lab import Processes, require_isolated, require_tools
+from lab import Processes, require_isolated, require_tools, wait_until
 from phoenix.plan.writer import bundle_of
 from phoenix.render import gateway as gw
 from testpki import TestCA

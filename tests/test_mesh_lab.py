@@ -26,7 +26,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from backend_harness import http_get, request, wait_until
+from backend_harness import http_get, request
+from lab import wait_until
 from mesh_harness import OUTSIDE, mesh_lab
 from phoenix.render import mesh as m
 from testpki import TestCA

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from backend_harness import wait_until
 from gateway_harness import with_file
+from lab import wait_until
 from mesh_harness import mesh_lab
 from phoenix.render import mesh as m
 

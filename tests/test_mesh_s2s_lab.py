@@ -28,8 +28,9 @@ import pytest
 import yaml
 from cryptography import x509
 
-from backend_harness import http_get, request, wait_until
+from backend_harness import http_get, request
 from gateway_harness import with_file
+from lab import wait_until
 from mesh_harness import mesh_lab
 from phoenix.render import mesh as m
 

@@ -52,7 +52,7 @@ from cryptography import x509
 
 import units
 from conftest import stack_config
-from lab import require_isolated, require_tools
+from lab import require_isolated, require_tools, wait_until
 from phoenix.bundle import GuestFile, pack, unpack
 from phoenix.plan import make_plan
 from phoenix.plan.writer import pushed_files
@@ -68,7 +68,6 @@ from stepca_harness import (
     common_name,
     dns_names,
     mirrored,
-    wait_until,
 )
 from tools import step_ca, step_ca_sources_version
 

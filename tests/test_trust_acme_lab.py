@@ -23,10 +23,10 @@ import pytest
 
 import units
 from conftest import stack_config
-from lab import require_isolated, require_tools
+from lab import require_isolated, require_tools, wait_until
 from phoenix.render import trust as r
 from phoenix.topology import tls_paths
-from stepca_harness import PlanLab, build_debs, certificates, chain_problems, dns_names, mirrored, wait_until
+from stepca_harness import PlanLab, build_debs, certificates, chain_problems, dns_names, mirrored
 from test_trust_support import GATEWAY_WEBROOT, WEBROOT_CERT, trust_run, webroot_guest
 from tools import step_ca, step_ca_sources_version
 
