@@ -1,7 +1,7 @@
 """Generated large stacks for the benchmarks: by default 40 GPU services, 30 agents, 300 services.
 
     from bench.large_stack import large_stack, sized_stack, write_stack_file
-    stack = large_stack()            # a StackConfig, like read_stack_file() gives (770 resources)
+    stack = large_stack()            # a StackConfig, like read_stack_file() gives (814 resources)
     stack = sized_stack(4000)        # the same shape scaled to about 4,000 resources
     path = write_stack_file(stack, directory)   # Pulumi.<name>.yaml, for `phoenix plan --config-file`
 
@@ -9,7 +9,8 @@
 
 Everything the dev stack sets beyond the lab's shape (images, ACME, PKI, mesh and Portainer
 settings and pins) is taken from Pulumi.dev.yaml, so the large stack plans with the same
-program settings and differs only in size: four nodes, a /16, the four singleton tiers, 40
+program settings and differs only in size: four nodes (Ceph storage, HA and backups as the
+cluster stack has them), a /16, the four singleton tiers, 40
 GPU LXCs each running one GPU service, a Portainer VM with the Portainer UI, 30 agent VMs,
 and 259 more services on the agents (one to three replicas each, every fifth public). The
 result is validated by the model like any stack file.
@@ -46,7 +47,12 @@ def large_stack(gpu_services: int = GPU_SERVICES, agents: int = AGENTS,
     hosts = net.hosts()
     gateway_ip = next(hosts)
     nodes = [{"name": f"pve{i + 1}", "address": f"10.0.0.{11 + i}"} for i in range(NODES)]
-    raw["proxmox"] = {**raw["proxmox"], "endpoint": "https://10.0.0.11:8006/", "nodes": nodes}
+    # A cluster's storage as the cluster stack has it: disks on Ceph, snippets on CephFS (every
+    # node sees both, so the HA guests the model makes of the singleton tiers can fail over).
+    raw["proxmox"] = {**raw["proxmox"], "endpoint": "https://10.0.0.11:8006/", "nodes": nodes,
+                      "datastore": "ceph-vm", "snippetDatastore": "cephfs"}
+    raw["resilience"] = {"storage": {"ceph-vm": {"type": "rbd"}, "cephfs": {"type": "cephfs"}, "pbs": {"type": "pbs"}},
+                         "backup": {"storage": "pbs"}}
     raw["network"] = {**raw["network"], "cidr": str(net), "gateway": str(gateway_ip),
                       "management": ["10.0.0.0/24"], "publicAddress": "198.51.100.40"}
     raw_public = raw["domains"]["public"]
@@ -98,8 +104,8 @@ def large_stack(gpu_services: int = GPU_SERVICES, agents: int = AGENTS,
 
 #: custom resources of a plan: FIXED for the four singleton tiers, PKI and provider, plus
 #: PER_SCALE for each multiple of the default shape (40 GPU services, 30 agents, 300 services);
-#: measured with `bench/large_stack.py --count` (770 resources at scale 1, 1,470 at scale 2).
-FIXED, PER_SCALE = 70, 700
+#: measured with `bench/large_stack.py --count` (814 resources at scale 1, 1,544 at scale 2).
+FIXED, PER_SCALE = 84, 730
 
 
 def sized_stack(resources: int, name: str | None = None) -> StackConfig:

@@ -83,6 +83,20 @@ def covers(name: str, host: str) -> bool:
     return name == host
 
 
+def covering(names: set[str], host: str) -> list[str]:
+    """The names of ``names`` that cover ``host`` (``covers``), by lookup rather than a scan: a
+    host is covered by itself and by the wildcard one label above it. ``names`` normalised
+    (``normal_names``)."""
+    host = host.lower().rstrip(".")
+    parent = host.partition(".")[2]
+    return [n for n in (host, f"*.{parent}" if parent else None) if n in names]
+
+
+def normal_names(names) -> set[str]:
+    """Certificate names as ``covering`` looks them up (lower case, no trailing dot)."""
+    return {n.lower().rstrip(".") for n in names}
+
+
 @dataclass(frozen=True)
 class BackendHop:
     """mesh -> backend: one server of a load-balancer service, and how the mesh verifies it."""

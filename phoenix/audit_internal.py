@@ -18,9 +18,9 @@ The mesh -> backend hop that follows is ``phoenix.audit_backends``.
 from __future__ import annotations
 
 from phoenix.artifacts import Artifacts
-from phoenix.audit_backends import backend_lines, covers, firewall_allows, resolve
+from phoenix.audit_backends import backend_lines, covering, firewall_allows, normal_names, resolve
 from phoenix.audit_mesh import Mesh, hosts_of, listing, local_ref
-from phoenix.pki import ca_policy, outside_allowed_domains, policy_permits
+from phoenix.pki import ca_policy, outside_allowed_domains, policy_matcher
 from phoenix.topology import Topology
 
 #: the middleware kinds whose order matters, as Traefik's dynamic config spells them.
@@ -50,8 +50,10 @@ def _internal_clients(topo: Topology) -> list[str]:
 def internal_route_problems(topo: Topology, art: Artifacts, mesh: Mesh, bad: set[str]) -> list[str]:
     out = []
     mesh_at = str(topo.mesh.address)
-    ordered = ordered_names(mesh)
+    ordered = normal_names(ordered_names(mesh))
     rules = art.firewall.get(topo.mesh.name, [])
+    clients = _internal_clients(topo)
+    refused_at: dict[int, list[str]] = {}    # by entrypoint port: the same guests call every service
     for route in topo.routes:
         if route.public:
             continue
@@ -75,10 +77,12 @@ def internal_route_problems(topo: Topology, art: Artifacts, mesh: Mesh, bad: set
                        "section, so the guests' TLS requests never reach it (404)")
             continue
         for name in names:
-            if ep.scheme == "https" and not any(covers(n, name) for n in ordered):
+            if ep.scheme == "https" and not covering(ordered, name):
                 out.append(f"internal route {name}: guest -> mesh: the mesh orders no certificate covering it "
                            f"(it has {listing(ordered)}): a client verifying the name it dialled fails")
-        refused = [c for c in _internal_clients(topo) if not firewall_allows(rules, c, ep.port)]
+        if ep.port not in refused_at:
+            refused_at[ep.port] = [c for c in clients if not firewall_allows(rules, c, ep.port)]
+        refused = refused_at[ep.port]
         if refused:
             out.append(f"{at}: the mesh's firewall does not let the guests ({', '.join(refused)}) reach "
                        f"entrypoint {ep.name} (tcp/{ep.port})")
@@ -88,12 +92,12 @@ def internal_route_problems(topo: Topology, art: Artifacts, mesh: Mesh, bad: set
 def mesh_certificate_problems(topo: Topology, art: Artifacts, mesh: Mesh) -> list[str]:
     """Every name Traefik orders must be one Step-CA issues, to the mesh, by HTTP-01."""
     out = []
-    policy, mesh_at = ca_policy(topo.lab, topo), str(topo.mesh.address)
+    permits, mesh_at = policy_matcher(ca_policy(topo.lab, topo)), str(topo.mesh.address)
     for name in sorted(ordered_names(mesh)):
         at = f"mesh certificate {name}"
         if outside_allowed_domains(topo.lab, [name]):
             out.append(f"{at}: outside the CA's allowed domains: Step-CA would refuse the order")
-        elif not policy_permits(policy, name):
+        elif not permits(name):
             out.append(f"{at}: not in Step-CA's policy (topology.step_ca_names): Step-CA would refuse the order")
         got = resolve(art, "internal", name)
         if got != {mesh_at}:
@@ -133,13 +137,14 @@ def internal_summary_lines(topo: Topology, art: Artifacts, mesh: Mesh, router_fo
     """The service-to-service paths the audit walked: a guest calling a service by its names."""
     lines = []
     clients = f"the guests ({topo.lab.network.cidr})"
+    ordered = normal_names(ordered_names(mesh))
     for route in topo.routes:
         if route.public:
             continue
         ep, service = route.entrypoint, topo.service(route.service)
         names = topo.service_names(service)
         router, r = router_for(mesh, route.host, ep.name)
-        certs = sorted(n for n in ordered_names(mesh) if any(covers(n, h) for h in names))
+        certs = sorted({n for h in names for n in covering(ordered, h)})
         resolved = ", ".join(sorted(resolve(art, "internal", route.host))) or "nothing"
         chain = " -> ".join(local_ref(m) or m for m in r.get("middlewares") or []) or "no middleware"
         lines.append(f"  {topo.internal_url(service)} -> service {service.name} (internal: service to service)")

@@ -78,12 +78,25 @@ def outside_allowed_domains(lab, names) -> list[str]:
 
 
 def policy_permits(policy: dict, name: str) -> bool:
+    return policy_matcher(policy)(name)
+
+
+def policy_matcher(policy: dict):
+    """``policy_permits`` for one policy, answering each name by lookup (``domain_permitted``'s
+    rule: an exact constraint, or a ``*.d`` one label above the name), for audits of many names."""
     allow = policy["x509"]["allow"]
-    try:
-        addr = ipaddress.ip_address(name)
-    except ValueError:
-        return any(domain_permitted(name, c) for c in allow.get("dns", []))
-    return any(addr in ipaddress.ip_network(n) for n in allow.get("ip", []))
+    constraints = {c.strip().lower() for c in allow.get("dns", [])}
+    networks = [ipaddress.ip_network(n) for n in allow.get("ip", [])]
+
+    def permits(name: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(name)
+        except ValueError:
+            lowered = name.lower()
+            parent = lowered.partition(".")[2]
+            return any(c in constraints and domain_permitted(name, c) for c in (lowered, f"*.{parent}"))
+        return any(addr in net for net in networks)
+    return permits
 
 
 def _derived(password: str, label: bytes, material: bytes, size: int) -> bytes:
