@@ -49,7 +49,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from bench import nginx_bench  # noqa: E402
 from conftest import edited  # noqa: E402
 from gateway_harness import GatewayLab, MeshStandIn  # noqa: E402
-from lab import Processes, non_loopback_routes, wait_port  # noqa: E402
+from lab import Processes, wait_port  # noqa: E402
 from phoenix.model.lab import Gateway  # noqa: E402
 from phoenix.plan import make_plan  # noqa: E402
 from phoenix.render import gateway as gw  # noqa: E402
@@ -241,11 +241,9 @@ def main() -> int:
         # nginx closes a client connection after 1000 requests (keepalive_requests), and
         # h2load does not reconnect: keep each connection under that.
         parser.error("keep --requests / --clients at 1000 or less")
-    if non_loopback_routes():
-        print("refusing to start servers: run inside scripts/in-netns.sh (non-loopback routes exist)")
-        return 2
-    if len(os.sched_getaffinity(0)) < 2:
-        print("needs two CPUs (the proxy on one, the load generator and the backend on the other)")
+    unfit = nginx_bench.unfit_machine("the proxy on one, the load generator and the backend on the other")
+    if unfit:
+        print(unfit)
         return 2
     procs = Processes()
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:

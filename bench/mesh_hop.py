@@ -31,7 +31,6 @@ every concurrent call (560 req/s through the mesh; ``phoenix/render/mesh/dynamic
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +43,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from bench import nginx_bench  # noqa: E402
 from conftest import shipped_plan  # noqa: E402
-from lab import Processes, non_loopback_routes, wait_until  # noqa: E402
+from lab import Processes, wait_until  # noqa: E402
 from mesh_harness import MeshLab  # noqa: E402
 
 MESH_CPU, REST_CPU = "1", "0"
@@ -159,11 +158,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    if non_loopback_routes():
-        print("refusing to start servers: run inside scripts/in-netns.sh (non-loopback routes exist)")
-        return 2
-    if len(os.sched_getaffinity(0)) < 2:
-        print("needs two CPUs (Traefik on one, the load generator and the backend on the other)")
+    unfit = nginx_bench.unfit_machine("Traefik on one, the load generator and the backend on the other")
+    if unfit:
+        print(unfit)
         return 2
     procs = Processes()
     with tempfile.TemporaryDirectory(prefix="mesh-hop-") as tmp:

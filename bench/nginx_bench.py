@@ -3,11 +3,25 @@ and temp paths under its prefix) and one h2load run read back as numbers."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+
+
+def unfit_machine(split: str) -> str | None:
+    """Why this benchmark cannot run here (``split``: how it uses two CPUs), or None. Servers
+    start only inside scripts/in-netns.sh (tests/lab.py's guard)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from lab import non_loopback_routes
+    if non_loopback_routes():
+        return "refusing to start servers: run inside scripts/in-netns.sh (non-loopback routes exist)"
+    if len(os.sched_getaffinity(0)) < 2:
+        return f"needs two CPUs ({split})"
+    return None
 
 
 def offroot_conf(prefix: Path, http: str, workers: str = "auto") -> str:
