@@ -281,8 +281,9 @@ class TinyResolver:
         self.sock.close()
 
 
-def start_pebble(procs: Processes, tmp: Path) -> str:
-    """Pebble on 127.0.0.1:14000 with a TLS certificate we make; returns the CA file certbot trusts."""
+def start_pebble(procs: Processes, tmp: Path, dnsserver: str = "127.0.0.1:53") -> str:
+    """Pebble on 127.0.0.1:14000 with a TLS certificate we make, resolving names at ``dnsserver``;
+    returns the CA file certbot trusts."""
     ca = TestCA("pebble test CA")
     cert, key = ca.issue(["localhost", "127.0.0.1"])
     for name, text in (("ca.pem", ca.cert_pem), ("cert.pem", cert), ("key.pem", key)):
@@ -291,7 +292,7 @@ def start_pebble(procs: Processes, tmp: Path) -> str:
         "listenAddress": "127.0.0.1:14000", "managementListenAddress": "127.0.0.1:15000",
         "certificate": str(tmp / "cert.pem"), "privateKey": str(tmp / "key.pem"),
         "httpPort": 80, "tlsPort": 5001, "ocspResponderURL": "", "externalAccountBindingRequired": False}}))
-    procs.start(["pebble", "-config", str(tmp / "pebble.json"), "-dnsserver", "127.0.0.1:53"],
+    procs.start(["pebble", "-config", str(tmp / "pebble.json"), "-dnsserver", dnsserver],
                 env={**os.environ, "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"})
     wait_port("127.0.0.1", 14000)
     wait_port("127.0.0.1", 15000)
