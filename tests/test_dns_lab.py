@@ -15,6 +15,7 @@ does not match BIND's ``localhost`` ACL (every local address), only the listed n
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import ipaddress
 import os
@@ -25,6 +26,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,18 +153,18 @@ def _wait_rndc(log: Path, proc, timeout: float = 15.0) -> None:
     raise TimeoutError(f"named did not answer rndc:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="module", params=SHIPPED_STACKS)
-def server(request, tmp_path_factory):
+@contextlib.contextmanager
+def debian_named(stack: str, plan, tmp: Path) -> Iterator[Server]:
+    """The DNS guest as its install step leaves it: the package's /etc/bind (rndc.key made per
+    host, as its postinst does) bind-mounted over this private mount namespace's, named running
+    Debian's default config. The plan's config step is not applied yet (``Server.apply``)."""
     require_isolated()
     require_tools("named", "named-checkconf", "named-checkzone", "rndc", "rndc-confgen", "dig")
     if not _private_mounts():
         pytest.fail("refusing to bind-mount over /etc/bind: not in a private mount namespace "
                     "(run through scripts/in-netns.sh)")
-    plan = shipped_plan(request.param)
     topo, lab = plan.topo, plan.topo.lab
-    tmp = tmp_path_factory.mktemp(f"dns-{request.param}")
     trees = {m: tmp / m.strip("/").replace("/", "-") for m in MOUNTED}
-    # The package's /etc/bind as the guest has it (rndc.key is made per host, as its postinst does).
     shutil.copytree("/etc/bind", trees["/etc/bind"], symlinks=True,
                     ignore=shutil.ignore_patterns("rndc.key"))
     for m in MOUNTED[1:]:
@@ -193,17 +195,22 @@ def server(request, tmp_path_factory):
 
         # The TSIG secret as the program made it (the RandomBytes resource's output).
         secret = plan.run.named("tsig-key").outputs["base64"]
-        s = Server(request.param, plan, tmp, tmp / "state", secret, config_step(plan), log,
-                   internal_src=str(topo.gateway.address), mgmt_src=mgmt[0] if mgmt else "")
-        result = s.apply(s.step)
-        assert result.returncode == 0, f"the plan's config step failed:\n{result.stderr}\n{log.read_text()[-3000:]}"
-        assert "files applied" in result.stdout
-        yield s
+        yield Server(stack, plan, tmp, tmp / "state", secret, config_step(plan), log,
+                     internal_src=str(topo.gateway.address), mgmt_src=mgmt[0] if mgmt else "")
     finally:
         procs.stop_all()
         for m in reversed(mounted):
             subprocess.run(["umount", m], check=False)
 
+
+@pytest.fixture(scope="module", params=SHIPPED_STACKS)
+def server(request, tmp_path_factory):
+    plan = shipped_plan(request.param)
+    with debian_named(request.param, plan, tmp_path_factory.mktemp(f"dns-{request.param}")) as s:
+        result = s.apply(s.step)
+        assert result.returncode == 0, f"the plan's config step failed:\n{result.stderr}\n{s.log.read_text()[-3000:]}"
+        assert "files applied" in result.stdout
+        yield s
 
 def _wait_answer(server: Server, name: str, rtype: str, want: set[str], source: str, timeout=10.0):
     deadline = time.monotonic() + timeout

@@ -202,7 +202,9 @@ def check_command(topo: Topology, zs: list[Zone] | None = None) -> str:
     return " && ".join(checks + [f"named-checkconf -z {NAMED_CONF}"])
 
 
-RELOAD_COMMAND = f"bash {RELOAD_SCRIPT}"
+# The hook ships in the step's own bundle: when a first push is rolled back it goes with the
+# rest, and named (which loaded the new files) is reloaded onto the package's config by hand.
+RELOAD_COMMAND = f"if [ -e {RELOAD_SCRIPT} ]; then bash {RELOAD_SCRIPT}; else rndc reload; fi"
 HEALTH_COMMAND = f"bash {HEALTH_SCRIPT}"
 
 
