@@ -29,7 +29,7 @@ from components.pki import PkiTier
 from phoenix.bundle import GuestFile, digest
 from phoenix.errors import ConfigError, problem
 from phoenix.model import Lab
-from phoenix.pki import ca_policy, outside_allowed_domains, policy_permits
+from phoenix.pki import ca_policy, outside_allowed_domains, policy_matcher
 from phoenix.render import trust as r
 from phoenix.topology import Topology
 
@@ -161,7 +161,7 @@ def certificate_problems(issuer: Issuer, guest: str, name: str, sans: Sequence[s
     out = []
     if not sans:
         out.append(problem(at, "needs at least one SAN"))
-    policy = ca_policy(issuer.lab, topo)
+    permits = policy_matcher(ca_policy(issuer.lab, topo))
     known = {rec.name for rec in topo.internal_records}
     for san in sans:
         if r.is_ip(san):
@@ -171,7 +171,7 @@ def certificate_problems(issuer: Issuer, guest: str, name: str, sans: Sequence[s
             domains = issuer.lab.pki.allowed_domains or [issuer.lab.domains.internal]
             out.append(problem(at, f"SAN {san} is outside the CA's allowed domains "
                                f"(one label below {', '.join(domains)})"))
-        elif not policy_permits(policy, san) or san not in topo.step_ca_names.get(guest, ()):
+        elif not permits(san) or san not in topo.step_ca_names.get(guest, ()):
             out.append(problem(at, f"SAN {san} is not a name {guest} asks Step-CA for "
                                "(topology.step_ca_names; the CA's policy allows exactly those)"))
         if san.lower() not in known:
