@@ -8,6 +8,7 @@ and ends with a code of ``phoenix.exits.TABLE``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -45,8 +46,11 @@ def cmd_plan(args) -> int:
     if args.against:
         _check_ref(args.against)
     loaded = load_stack(stack)              # the one load: what is audited and printed is what is planned
-    plan = plan_loaded(stack, loaded)
-    plan.write(out, with_secrets=args.with_secrets)
+    # files/ is written while the program runs, by a second process (phoenix.plan.stream).
+    plan = plan_loaded(stack, loaded, stream_to=out, with_secrets=args.with_secrets)
+    # What the run made lives until the command ends: no later collection needs to walk it again.
+    gc.freeze()
+    written = plan.write(out, with_secrets=args.with_secrets)
     # With --against the diff is the output (a PR comment, say); the summary goes to stderr.
     say = (lambda line: print(line, file=sys.stderr)) if args.against else print
     say(plan.summary())
@@ -57,7 +61,7 @@ def cmd_plan(args) -> int:
         say(f"warning: {out}/secrets/ and files/ hold secret material; do not share or commit them")
     from phoenix import diff
     # Hazards are errors (exit 2), after the plan and the diff are out for review.
-    found = diff.static_hazards(json.loads((out / "plan.json").read_text())["resources"])
+    found = diff.static_hazards(written["resources"])
     if args.against:
         base = plan_at_ref(args.against, args)
         result = diff.diff(base, diff.load(out))

@@ -8,6 +8,7 @@ the route audit the plan prints are those the program deploys, because the progr
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 from phoenix.loader import Loaded, Mode, load_stack
 from phoenix.model import Lab, parse_lab, required_secrets
@@ -34,15 +35,28 @@ def with_placeholder_secrets(stack: StackConfig, lab: Lab | None = None) -> tupl
     return StackConfig(stack.name, values, secret_keys, stack.root, stack.ciphertext - set(needed)), warnings
 
 
-def plan_loaded(stack: StackConfig, loaded: Loaded, facts: dict[str, str] | None = None):
-    """Run the program for an already loaded stack and return a Plan (nothing is parsed again)."""
+def plan_loaded(stack: StackConfig, loaded: Loaded, facts: dict[str, str] | None = None,
+                stream_to: Path | None = None, with_secrets: bool = False):
+    """Run the program for an already loaded stack and return a Plan (nothing is parsed again).
+    ``stream_to``: the directory ``Plan.write`` will write (with ``with_secrets``): its files/ are
+    written while the program runs (``phoenix.plan.stream``)."""
     from phoenix.plan.engine import run_program
-    from phoenix.plan.writer import Plan, collect_secrets
+    from phoenix.plan.writer import Plan, collect_secrets, guest_names_by_address
     from phoenix.program import deploy
     stack, warnings = with_placeholder_secrets(stack, loaded.lab)
-    run = run_program(stack, program=lambda: deploy(loaded), facts=facts)
     config_secrets = {k: v for k, v in stack.values.items() if k in stack.secret_keys and isinstance(v, str)}
-    return Plan(run, loaded.topo, collect_secrets(run, config_secrets), warnings + loaded.warnings)
+    stream = None
+    if stream_to is not None:
+        from phoenix.plan.stream import FileStream
+        stream = FileStream(stream_to, stack.name, guest_names_by_address(loaded.topo), config_secrets, with_secrets)
+    try:
+        run = run_program(stack, program=lambda: deploy(loaded), facts=facts,
+                          on_record=stream.feed if stream is not None else None)
+    except BaseException:
+        if stream is not None:
+            stream.abort()
+        raise
+    return Plan(run, loaded.topo, collect_secrets(run, config_secrets), warnings + loaded.warnings, stream)
 
 
 def make_plan(stack: StackConfig, facts: dict[str, str] | None = None):

@@ -9,7 +9,9 @@ tests both use this engine.
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -107,10 +109,13 @@ class RecordingMonitor(pmocks.MockMonitor):
     """A MockMonitor that keeps what the plain one drops: parents, dependencies, secrecy."""
     mocks: PhoenixMocks
 
-    def __init__(self, mocks: PhoenixMocks):
+    def __init__(self, mocks: PhoenixMocks, on_record: Callable[[Recorded], None] | None = None):
         super().__init__(mocks)
         self.recorded: dict[str, Recorded] = {}
         self.order: list[str] = []
+        #: called with every resource recorded, in ``order`` (registrations run on worker threads)
+        self.on_record = on_record
+        self._order_lock = threading.Lock()
         self.stack_outputs: dict = {}
         self.stack_urn = ""
 
@@ -146,7 +151,10 @@ class RecordingMonitor(pmocks.MockMonitor):
             replace_with=sorted(request.replace_with), retain_on_delete=bool(request.retainOnDelete),
             deleted_with=request.deletedWith, computed=fakes.computed_outputs(request.type, state),
             replacement_trigger=_trigger(request))
-        self.order.append(urn)
+        with self._order_lock:
+            self.order.append(urn)
+            if self.on_record is not None:
+                self.on_record(self.recorded[urn])
         return resource_pb2.RegisterResourceResponse(urn=urn, id=id_, object=obj)
 
     def RegisterResourceOutputs(self, request):
@@ -216,16 +224,18 @@ def _clear_root_resource() -> None:
 
 
 def run_program(stack: StackConfig, program: Callable[[], None] | None = None,
-                facts: dict[str, str] | None = None) -> Run:
+                facts: dict[str, str] | None = None,
+                on_record: Callable[[Recorded], None] | None = None) -> Run:
     """Run ``program`` for ``stack`` under the recording engine. By default it is what ``pulumi up``
-    runs: Phoenix's ``main``, with the project directory where the stack file is."""
+    runs: Phoenix's ``main``, with the project directory where the stack file is. ``on_record``:
+    called with each resource as it is recorded."""
     if program is None:
         from phoenix.program import main
 
         def program() -> None:
             main(stack.root)
     mocks = PhoenixMocks(facts)
-    monitor = RecordingMonitor(mocks)
+    monitor = RecordingMonitor(mocks, on_record)
     settings.SETTINGS.rpc_manager.clear()
     settings.SETTINGS.outputs.clear()
     _clear_root_resource()  # a fresh root stack for every run
@@ -237,7 +247,7 @@ def run_program(stack: StackConfig, program: Callable[[], None] | None = None,
     try:
         with batch_gc():
             _sync_await(run_pulumi_func(program))
-            outputs = {name: _resolve(value) for name, value in root.outputs.items()}
+            outputs = _sync_await(_resolve_all(root.outputs))
     except BaseException as err:
         # What got registered before the failure (tests check bad input registers nothing).
         err.phoenix_registered = list(monitor.order)  # type: ignore[attr-defined]
@@ -247,8 +257,12 @@ def run_program(stack: StackConfig, program: Callable[[], None] | None = None,
     return Run(stack.name, [monitor.recorded[u] for u in monitor.order], outputs, monitor)
 
 
-def _resolve(value: Any) -> Any:
-    """A stack output's value, wrapped as a secret where Pulumi would show [secret]."""
-    out = pulumi.Output.from_input(value)
-    plain = _sync_await(out.future())
-    return {SECRET_SIG: SECRET_VALUE, "value": plain} if _sync_await(out.is_secret()) else plain
+async def _resolve_all(outputs: dict[str, Any]) -> dict[str, Any]:
+    """The stack outputs' values, each wrapped as a secret where Pulumi would show [secret]: all
+    awaited on one pass of the event loop."""
+    async def one(value: Any) -> Any:
+        out = pulumi.Output.from_input(value)
+        plain = await out.future()
+        return {SECRET_SIG: SECRET_VALUE, "value": plain} if await out.is_secret() else plain
+    values = await asyncio.gather(*(one(v) for v in outputs.values()))
+    return dict(zip(outputs, values, strict=True))

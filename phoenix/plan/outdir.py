@@ -15,7 +15,9 @@ from phoenix.errors import ConfigError, problem
 
 MARKER = ".phoenix-plan"
 #: everything a plan writes into its directory (``phoenix.plan.writer.Plan.write``).
-PLAN_ENTRIES = (MARKER, "plan.json", "files", "topology.mmd", "secrets")
+#: files/ while a plan writes it (``phoenix.plan.stream``); renamed to files/ when the plan is done
+STAGING = "files.partial"
+PLAN_ENTRIES = (MARKER, "plan.json", "files", "topology.mmd", "secrets", STAGING)
 
 
 def is_plan(out: Path) -> bool:
@@ -36,16 +38,24 @@ def check(out: Path) -> None:
                                    f"{MARKER}): give a new or empty directory; nothing was deleted")])
 
 
-def prepare(out: Path, stack: str) -> None:
-    """Make ``out`` ready for a new plan of ``stack`` and mark it, or refuse (``check``)."""
+def prepare(out: Path, stack: str, keep: str | None = None) -> None:
+    """Make ``out`` ready for a new plan of ``stack`` and mark it, or refuse (``check``).
+    ``keep``: an entry this plan has written already (its files, streamed while it ran)."""
     check(out)
     if out.exists():
         for name in PLAN_ENTRIES:
+            if name == keep:
+                continue
             entry = out / name
             if entry.is_symlink() or entry.is_file():
                 entry.unlink()
             elif entry.is_dir():
                 shutil.rmtree(entry)
+    mark(out, stack)
+
+
+def mark(out: Path, stack: str) -> None:
+    """Create ``out`` if need be and mark it as a plan of ``stack``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text(f"A Phoenix plan of stack {stack!r} (`phoenix plan`): the next plan written "
                               "here replaces plan.json, files/, topology.mmd and secrets/.\n")

@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from phoenix.bundle import GuestFile, digest, unpack
 from phoenix.errors import ConfigError, problem
@@ -21,6 +21,9 @@ from phoenix.plan.engine import Recorded, Run, is_secret, reveal
 from phoenix.render.resilience import summary_lines as resilience_summary
 from phoenix.resource_types import COMMAND
 from phoenix.topology import Topology
+
+if TYPE_CHECKING:
+    from phoenix.plan.stream import FileStream
 
 SECRET_MARKER = "[secret]"
 
@@ -193,6 +196,8 @@ class Plan:
     topo: Topology
     secrets: Secrets
     warnings: list[str]
+    #: files/ being written while the program ran (``phoenix.plan.stream``), for ``write``
+    stream: FileStream | None = None
 
     @cached_property
     def bundles(self) -> dict[str, list[GuestFile]]:
@@ -210,26 +215,31 @@ class Plan:
             "warnings": self.warnings,
         }
 
-    def write(self, out: Path, with_secrets: bool = False) -> None:
+    def write(self, out: Path, with_secrets: bool = False) -> dict:
+        """Write the plan into ``out``; returns plan.json's document (the caller reads it there,
+        not back from the file). The pushed files come from ``stream`` when it wrote them for
+        this very call (``phoenix.plan.stream``), else they are written here."""
         # Only a new, empty or previous plan directory (phoenix.plan.outdir); refused otherwise.
-        from phoenix.plan.outdir import prepare
-        pushed = pushed_files(self.run, self.topo, self.bundles)   # refuses two owners of a path: before any write
-        prepare(out, self.run.stack)
-        (out / "files").mkdir(parents=True)
-        (out / "plan.json").write_text(json.dumps(self.document(), indent=2, sort_keys=True) + "\n")
-        made: set[str] = set()
-        for guest, files in pushed.items():
-            for path, (f, _step) in files.items():
-                target = os.path.join(out, "files", guest, path.lstrip("/"))
-                folder = os.path.dirname(target)
-                if folder not in made:
-                    os.makedirs(folder, exist_ok=True)
-                    made.add(folder)
-                # Created with its mode (never readable by others, even for an instant, with secrets).
-                mode = 0o600 if with_secrets else 0o644
-                with os.fdopen(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as stream:
-                    os.fchmod(stream.fileno(), mode)
-                    stream.write(f.content if with_secrets else self.secrets.redact(f.content))
+        from phoenix.plan.outdir import STAGING, prepare
+        stream = self.stream if self.stream is not None and (self.stream.out, self.stream.with_secrets) == (
+            out, with_secrets) else None
+        try:
+            pushed = pushed_files(self.run, self.topo, self.bundles)   # refuses two owners of a path: before any write
+            if stream is not None:
+                stream.finish()
+        except BaseException:
+            self.close_stream()
+            raise
+        if stream is None:
+            self.close_stream()       # written for another directory or mode: not these files
+        prepare(out, self.run.stack, keep=STAGING if stream is not None else None)
+        if stream is not None:
+            os.rename(stream.staging, out / "files")
+            self.stream = None
+        else:
+            _write_files(out / "files", pushed, self.secrets, with_secrets)
+        doc = self.document()
+        (out / "plan.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         from phoenix.plan.graph import mermaid
         (out / "topology.mmd").write_text(mermaid(self.topo))
         if with_secrets:
@@ -237,10 +247,14 @@ class Plan:
             secret_dir.mkdir(mode=0o700)
             for value, name in self.secrets.values.items():
                 # Created owner-only: never readable by others, not even for an instant.
-                fd = os.open(secret_dir / name.replace("/", "_"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-                with os.fdopen(fd, "w") as stream:
-                    os.fchmod(fd, 0o600)
-                    stream.write(value)
+                write_private(str(secret_dir / name.replace("/", "_")), value, 0o600)
+        return doc
+
+    def close_stream(self) -> None:
+        """Stop the file stream, if any, and remove what it wrote (the plan is not written)."""
+        if self.stream is not None:
+            self.stream.abort()
+            self.stream = None
 
     def summary(self) -> str:
         tier = tiers(self.run)
@@ -254,3 +268,42 @@ class Plan:
         lines += resilience_summary(lab, self.run.stack)
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _umask() -> int:
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def write_private(target: str, text: str, mode: int, umask: int | None = None) -> None:
+    """A file created with ``mode`` (never readable by others, even for an instant), whatever the
+    umask (``umask``: the process's, when the caller has read it already)."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        # A new file has ``mode`` less the umask; a file left by an interrupted plan keeps its own.
+        # Changing the mode is a metadata write, as costly as the file itself: only when needed.
+        if mode & ~(_umask() if umask is None else umask) != mode or os.fstat(fd).st_mode & 0o7777 != mode:
+            os.fchmod(fd, mode)
+        data = text.encode()
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
+def _write_files(root: Path, pushed: dict[str, dict[str, tuple[GuestFile, str]]], secrets: Secrets,
+                 with_secrets: bool) -> None:
+    """files/GUEST/PATH for every pushed file: redacted, or as pushed (``with_secrets``, owner-only)."""
+    mode = 0o600 if with_secrets else 0o644
+    umask = _umask()
+    root.mkdir(parents=True)
+    made: set[str] = set()
+    for guest, files in pushed.items():
+        for path, (f, _step) in files.items():
+            target = os.path.join(root, guest, path.lstrip("/"))
+            folder = os.path.dirname(target)
+            if folder not in made:
+                os.makedirs(folder, exist_ok=True)
+                made.add(folder)
+            write_private(target, f.content if with_secrets else secrets.redact(f.content), mode, umask)

@@ -15,7 +15,7 @@ from phoenix.bundle import GuestFile
 from phoenix.model import Guest, Service
 from phoenix.model.catalog import fill_placeholders
 from phoenix.model.secrets import PORTAINER_PASSWORD_MIN_BYTES
-from phoenix.render import NGINX_RELOAD_HELPER, SCRIPTS, TLS12_CIPHERS, config_text, render
+from phoenix.render import NGINX_RELOAD_HELPER, SCRIPTS, TLS12_CIPHERS, config_text, render, yaml_block
 from phoenix.render.gpu_node import (  # noqa: F401
     NODE_DEVICES_SCRIPT,
     NODE_DEVICES_UNIT,
@@ -307,7 +307,7 @@ def portainer_api_url(topo: Topology) -> tuple[str, str]:
 
 
 def _yaml(header: str, doc: dict) -> str:
-    return "".join(f"# {line}\n" for line in header.splitlines()) + yaml.safe_dump(doc, sort_keys=False)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + yaml_block.dump(doc, dumper=yaml.SafeDumper)
 
 
 def portainer_compose(topo: Topology) -> str:
