@@ -126,7 +126,7 @@ class FileStream:
 def _child(read_fd: int, report_fd: int, staging: Path, config_secrets: dict[str, str],
            with_secrets: bool) -> None:
     """The child's whole life: write what the pipe brings until ``end``, then exit."""
-    from phoenix.plan.writer import Secrets, write_private
+    from phoenix.plan.writer import Secrets, current_umask, write_private
     code = 1
     try:
         gc.disable()                    # short-lived: no collection walking the inherited heap
@@ -134,8 +134,7 @@ def _child(read_fd: int, report_fd: int, staging: Path, config_secrets: dict[str
         for key, value in config_secrets.items():
             secrets.add(key, value)
         mode = 0o600 if with_secrets else 0o644
-        umask = os.umask(0o077)
-        os.umask(umask)
+        umask = current_umask()
         owners: dict[tuple[str, str], str] = {}
         written: list[tuple[str, str, int]] = []     # (target, content, secrets known when written)
         made: set[str] = set()

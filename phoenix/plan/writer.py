@@ -270,7 +270,8 @@ class Plan:
         return "\n".join(lines)
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it: restored at once)."""
     mask = os.umask(0o077)
     os.umask(mask)
     return mask
@@ -283,7 +284,7 @@ def write_private(target: str, text: str, mode: int, umask: int | None = None) -
     try:
         # A new file has ``mode`` less the umask; a file left by an interrupted plan keeps its own.
         # Changing the mode is a metadata write, as costly as the file itself: only when needed.
-        if mode & ~(_umask() if umask is None else umask) != mode or os.fstat(fd).st_mode & 0o7777 != mode:
+        if mode & ~(current_umask() if umask is None else umask) != mode or os.fstat(fd).st_mode & 0o7777 != mode:
             os.fchmod(fd, mode)
         data = text.encode()
         while data:
@@ -296,7 +297,7 @@ def _write_files(root: Path, pushed: dict[str, dict[str, tuple[GuestFile, str]]]
                  with_secrets: bool) -> None:
     """files/GUEST/PATH for every pushed file: redacted, or as pushed (``with_secrets``, owner-only)."""
     mode = 0o600 if with_secrets else 0o644
-    umask = _umask()
+    umask = current_umask()
     root.mkdir(parents=True)
     made: set[str] = set()
     for guest, files in pushed.items():
