@@ -1,6 +1,6 @@
 """Plan benchmark: the offline plan as a user runs it, against a bare Pulumi mock engine, in one run.
 
-    .venv/bin/python bench/plan_bench.py [--rounds 3] [--sizes 1000,2000,4000]
+    .venv/bin/python bench/plan_bench.py [--stack-rounds 9] [--rounds 3] [--sizes 1000,2000,4000]
 
 For the dev and cluster stacks and generated stacks of about 1,000, 2,000 and 4,000
 resources (bench/large_stack.py), times whole commands in child processes, the way a user
@@ -12,7 +12,9 @@ runs them:
 bench/bare_engine.py registers the same number of resources (container + command pairs,
 nothing else) under the same Pulumi mock runtime, so a ratio is what Phoenix adds to the
 engine: its imports, model, rendering, recording and output. The two commands alternate,
-``--rounds`` times after one untimed warm-up each; figures are medians. Reported per stack:
+``--stack-rounds`` (shipped stacks) or ``--rounds`` (generated stacks) times after one untimed
+warm-up each; times are medians, and a ratio is the median of the rounds' own plan/bare ratios
+(with their range), which a machine that changes speed between rounds moves less. Reported per stack:
 wall time, CPU time (user + system, steadier on a shared machine) and peak memory
 (``ru_maxrss`` of the child, from ``wait4``), the plan/bare ratios, and per-resource time
 from the smallest to the largest generated stack for both commands. The bare engine runs
@@ -46,7 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bare_engine import GC_FIRST_THRESHOLD  # noqa: E402
-from phoenix.plan.engine import GC_FIRST_THRESHOLD as ENGINE_GC_FIRST_THRESHOLD  # noqa: E402
+from phoenix.collector import GC_FIRST_THRESHOLD as ENGINE_GC_FIRST_THRESHOLD  # noqa: E402
 
 RATIO_GOAL = 1.5
 SUMMARY = re.compile(r"Phoenix plan for stack '[^']+': (\d+) resources")
@@ -111,12 +113,18 @@ class Result:
     bare_default_gc: Timing
 
     def ratio(self, what: str) -> float:
-        return self.plan.median(what) / self.bare.median(what)
+        """The median of the rounds' own ratios: each round's plan and bare ran one after the
+        other, so a machine that slows down or speeds up between rounds moves both."""
+        return statistics.median(self.paired(what))
+
+    def paired(self, what: str) -> list[float]:
+        return [p / b for p, b in zip(getattr(self.plan, what), getattr(self.bare, what), strict=True)]
 
 
-#: what the ``phoenix`` console script runs, for the checkout this file is in (the console
-#: script of an editable install would import whichever checkout was installed).
-PHOENIX = [sys.executable, "-c", "import sys; from phoenix.cli import main; sys.exit(main())"]
+#: what the ``phoenix`` console script runs (pyproject.toml's ``[project.scripts]``), for the
+#: checkout this file is in (the console script of an editable install would import whichever
+#: checkout was installed).
+PHOENIX = [sys.executable, "-c", "import sys; from phoenix.__main__ import main; sys.exit(main())"]
 
 
 def measure(name: str, plan_args: list[str], work: Path, env: dict, rounds: int) -> Result:
@@ -140,14 +148,16 @@ def measure(name: str, plan_args: list[str], work: Path, env: dict, rounds: int)
 
 
 def report(results: list[Result], generated: list[Result]) -> None:
-    print(f"\n{'stack':<10} {'resources':>9} {'plan s':>7} {'bare s':>7} {'ratio':>6} "
+    print(f"\n{'stack':<10} {'resources':>9} {'rounds':>6} {'plan s':>7} {'bare s':>7} {'ratio':>6} {'range':>10} "
           f"{'plan cpu':>8} {'bare cpu':>8} {'cpu ratio':>9} {'plan MiB':>8} {'bare MiB':>8} "
           f"{'bare dGC s':>10} {'ratio dGC':>9} {'chain':>5}  goal")
     for r in results:
         verdict = "ok" if r.ratio("wall") <= RATIO_GOAL else "MISSED"
         default_gc = r.bare_default_gc.median("wall")
-        print(f"{r.name:<10} {r.resources:>9} {r.plan.median('wall'):>7.2f} {r.bare.median('wall'):>7.2f} "
-              f"{r.ratio('wall'):>6.2f} {r.plan.median('cpu'):>8.2f} {r.bare.median('cpu'):>8.2f} "
+        spread = f"{min(r.paired('wall')):.2f}-{max(r.paired('wall')):.2f}"
+        print(f"{r.name:<10} {r.resources:>9} {len(r.plan.wall):>6} {r.plan.median('wall'):>7.2f} "
+              f"{r.bare.median('wall'):>7.2f} {r.ratio('wall'):>6.2f} {spread:>10} "
+              f"{r.plan.median('cpu'):>8.2f} {r.bare.median('cpu'):>8.2f} "
               f"{r.ratio('cpu'):>9.2f} {r.plan.median('rss_kib') / 1024:>8.0f} "
               f"{r.bare.median('rss_kib') / 1024:>8.0f} {default_gc:>10.2f} "
               f"{r.plan.median('wall') / default_gc:>9.2f} {r.chain:>5}  ratio <= {RATIO_GOAL}: {verdict}")
@@ -164,7 +174,8 @@ def report(results: list[Result], generated: list[Result]) -> None:
             verdict = "ok" if grow["plan"] <= grow["bare"] * 1.05 else "MISSED"
             print(f"  {what}: plan growth / engine growth = {grow['plan'] / grow['bare']:.2f} "
                   f"(goal: no faster than the engine's, within 5% noise): {verdict}")
-    print("\nmedians of the rounds; 'bare' runs with the plan engine's collector setting "
+    print("\ntimes are medians of the rounds; 'ratio' is the median of each round's plan/bare ratio, "
+          "'range' the lowest and highest\nof them; 'bare' runs with the plan engine's collector setting "
           f"(gc threshold {GC_FIRST_THRESHOLD}), 'bare dGC' with Python's default (for reference: the\n"
           "engine as Pulumi ships it); peak memory is the child's ru_maxrss; 'chain' is the longest "
           "dependency path of the plan (resources).")
@@ -172,7 +183,9 @@ def report(results: list[Result], generated: list[Result]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3, help="rounds for the generated stacks")
+    ap.add_argument("--stack-rounds", type=int, default=9,
+                    help="rounds for the shipped stacks (a second or two each: more rounds, less noise)")
     ap.add_argument("--sizes", default="1000,2000,4000", help="generated stacks, about N resources each")
     ap.add_argument("--stacks", default="dev,cluster", help="shipped stacks to include")
     args = ap.parse_args()
@@ -187,14 +200,14 @@ def main() -> int:
         results, generated = [], []
         for name in filter(None, args.stacks.split(",")):
             print(f"measuring {name} ...", file=sys.stderr)
-            results.append(measure(name, ["--stack", name], work, env, args.rounds))
+            results.append(measure(name, ["--stack", name], work, env, args.stack_rounds))
         for size in [int(s) for s in args.sizes.split(",") if s]:
             stack = sized_stack(size)
             path = write_stack_file(stack, work)
             print(f"measuring {stack.name} ...", file=sys.stderr)
             generated.append(measure(stack.name, ["--config-file", str(path)], work, env, args.rounds))
         results += generated
-        print(f"commands ({args.rounds} rounds each, alternating, after one warm-up each):")
+        print("commands (alternating, after one warm-up each; rounds in the table):")
         for r in results:
             shown = ["phoenix"] + [re.sub(r"^/.*/(Pulumi\.[^/]+\.yaml)$", r"TMP/\1", a)
                                    for a in r.plan_cmd[len(PHOENIX):]]

@@ -27,10 +27,12 @@ create by default). No step passes its previous output in the environment
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import pulumi
 from pulumi_command import remote
@@ -53,6 +55,15 @@ def secret(value: pulumi.Output[T]) -> pulumi.Output[T]:
     choose ``U`` in the SDK's ``Input[U]`` (``U | Awaitable[U] | Output[U]``) on its own."""
     marked: pulumi.Output[T] = pulumi.Output.secret(value)
     return marked
+
+
+def off_loop(values: pulumi.Output[list], fn: Callable[..., T]) -> pulumi.Output[T]:
+    """``fn(*values)`` on a worker thread, once the values are known: for work that releases the
+    GIL (PBKDF2), so the event loop registers other resources meanwhile."""
+    def start(v: list) -> Awaitable[T]:
+        return asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *v))
+    # mypy cannot choose U in the SDK's Input[U] (U | Awaitable[U] | Output[U]) for an Awaitable.
+    return cast("pulumi.Output[T]", values.apply(start))
 
 
 @dataclass

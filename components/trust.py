@@ -24,7 +24,7 @@ import pulumi
 import pulumi_tls as tls
 from pulumi_command import remote
 
-from components.base import Context, GuestHandle, Guests, push, script, secret, triggers
+from components.base import Context, GuestHandle, Guests, off_loop, push, script, secret, triggers
 from components.pki import PkiTier
 from phoenix.bundle import GuestFile, digest
 from phoenix.errors import ConfigError, problem
@@ -103,12 +103,16 @@ class TrustTier(pulumi.ComponentResource):
             "step-ca-jwk-key", tls.PrivateKeyArgs(algorithm="ECDSA", ecdsa_curve="P256"),
             opts=pulumi.ResourceOptions(parent=self))
         self.install = script("step-ca-install", ca, r.ca_install_script(lab), parent=self)
+        # Sealing the provisioner's key is PBKDF2, which holds no lock: on a worker thread, while
+        # the event loop goes on with the other tiers.
+        provisioner = off_loop(pulumi.Output.all(self.provisioner_key.private_key_pem, args.provisioner_password),
+                               r.provisioner)
         ca_files = pulumi.Output.all(
             args.root_cert_pem, args.root_fingerprint, pki.intermediate_cert_pem, pki.intermediate_key_pem,
-            self.provisioner_key.private_key_pem, args.provisioner_password,
+            provisioner,
         ).apply(lambda v: r.ca_files(
             lab, topo, root_pem=v[0], fingerprint=v[1], intermediate_pem=v[2], intermediate_key_pem=v[3],
-            jwk_key_pem=v[4], provisioner_password=v[5]))
+            provisioner=v[4]))
         config_digest = secret(ca_files).apply(digest)
         health_script = config_digest.apply(lambda d: r.ca_health_script(topo, d))
         bundle = pulumi.Output.all(ca_files, health_script).apply(

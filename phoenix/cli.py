@@ -8,7 +8,6 @@ and ends with a code of ``phoenix.exits.TABLE``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from phoenix import collector
 from phoenix.errors import ConfigError, Failed, problem
 from phoenix.exits import Exit, run
 from phoenix.stackfile import DEFAULT_STACK, PROJECT_ROOT, add_stack_arguments, read_stack_file, stack_file, stack_name
@@ -47,9 +47,9 @@ def cmd_plan(args) -> int:
         _check_ref(args.against)
     loaded = load_stack(stack)              # the one load: what is audited and printed is what is planned
     # files/ is written while the program runs, by a second process (phoenix.plan.stream).
+    # The work starts with the engine's run (phoenix.collector.batch_gc): the imports and the
+    # model above are start-up.
     plan = plan_loaded(stack, loaded, stream_to=out, with_secrets=args.with_secrets)
-    # What the run made lives until the command ends: no later collection needs to walk it again.
-    gc.freeze()
     written = plan.write(out, with_secrets=args.with_secrets)
     # With --against the diff is the output (a PR comment, say); the summary goes to stderr.
     say = (lambda line: print(line, file=sys.stderr)) if args.against else print
@@ -122,6 +122,7 @@ def plan_at_ref(ref: str, args):
         out = scratch / "plan"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(project), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        # `-m phoenix.cli`, not `-m phoenix`: older commits have no phoenix/__main__.py.
         done = subprocess.run([sys.executable, "-m", "phoenix.cli", "plan", *stack_args, "--out", str(out)],
                               cwd=project, env=env, capture_output=True, text=True, check=False)
         if done.returncode != 0:
@@ -349,6 +350,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.func is not cmd_plan:       # a plan's work starts with its engine run (cmd_plan)
+        collector.work_starts()
     return run(lambda: args.func(args))
 
 

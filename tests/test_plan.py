@@ -21,7 +21,7 @@ def write(plan, out: Path) -> dict:
 @pytest.fixture(scope="module")
 def dev_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("plan") / "dev"
-    proc = subprocess.run([sys.executable, "-m", "phoenix.cli", "plan", "--stack", "dev", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "phoenix", "plan", "--stack", "dev", "--out", str(out)],
                           capture_output=True, text=True, cwd=ROOT, check=False)
     assert proc.returncode == 0, proc.stderr
     return out, proc.stdout
@@ -166,8 +166,9 @@ def test_a_plan_leaves_the_garbage_collector_as_it_found_it():
     import gc
 
     from conftest import stack_config
+    from phoenix.collector import GC_FIRST_THRESHOLD
     from phoenix.plan import with_placeholder_secrets
-    from phoenix.plan.engine import GC_FIRST_THRESHOLD, run_program
+    from phoenix.plan.engine import run_program
     before = gc.get_threshold()
     seen = []
     run_program(with_placeholder_secrets(stack_config("dev"))[0], program=lambda: seen.append(gc.get_threshold()))

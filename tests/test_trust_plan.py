@@ -231,3 +231,22 @@ def test_a_name_shared_by_replicas_cannot_be_proven_by_one_of_them():
     # a service's name resolves to the mesh, even where it runs once: only the mesh proves it
     assert r.shared_sans(topo, "gpu-c", ["embed.ai.internal", "gpu-c.ai.internal"]) == ["embed.ai.internal"]
     assert r.shared_sans(topo, topo.mesh.name, ["embed.ai.internal", "llm.ai.internal"]) == []
+
+
+def test_the_provisioner_key_is_sealed_off_the_event_loop_and_stays_secret():
+    """Sealing is PBKDF2 at step's 100,000 rounds (components/trust.py): it runs on a worker
+    thread while the loop goes on, and what it returns keeps the secrecy of its inputs."""
+    import threading
+
+    import pulumi
+
+    from components.base import off_loop
+    from phoenix.plan import with_placeholder_secrets
+    from phoenix.plan.engine import SECRET_SIG, SECRET_VALUE
+
+    def program():
+        values = pulumi.Output.all(pulumi.Output.secret("password"), "key")
+        pulumi.export("sealed", off_loop(values, lambda password, key: (
+            threading.current_thread() is not threading.main_thread(), f"{key}:{password}")))
+    run = run_program(with_placeholder_secrets(stack_config("dev"))[0], program=program)
+    assert run.outputs["sealed"] == {SECRET_SIG: SECRET_VALUE, "value": (True, "key:password")}

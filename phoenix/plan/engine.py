@@ -10,10 +10,8 @@ tests both use this engine.
 from __future__ import annotations
 
 import asyncio
-import gc
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ from pulumi.runtime.proto import resource_pb2
 from pulumi.runtime.stack import Stack, run_pulumi_func
 from pulumi.runtime.sync_await import _ensure_event_loop, _sync_await
 
+from phoenix.collector import batch_gc
 from phoenix.plan import fakes
 from phoenix.resource_types import GUEST_TYPES
 from phoenix.stackfile import StackConfig
@@ -195,25 +194,6 @@ class Run:
 
     def urn_of(self, name: str) -> str:
         return self.named(name).urn
-
-
-#: The collector's first threshold while a program runs (Python's default is 700). Pulumi's
-#: runtime allocates several container objects per Output and per registration (futures,
-#: tasks, protobuf structs): at the default, collections took half of the mock engine's CPU
-#: time for 1,000 resources (bench/bare_engine.py: 5.3 s, against 2.6 s at 10,000) and more
-#: as the heap grows; peak memory is the same (bench/plan_bench.py reports it).
-GC_FIRST_THRESHOLD = 10_000
-
-
-@contextmanager
-def batch_gc(first: int = GC_FIRST_THRESHOLD) -> Iterator[None]:
-    """Collect garbage less often for the duration of a run, then restore the settings."""
-    before = gc.get_threshold()
-    gc.set_threshold(first, *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
 
 
 def _clear_root_resource() -> None:

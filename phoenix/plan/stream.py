@@ -22,6 +22,7 @@ import fcntl
 import gc
 import os
 import pickle
+import queue
 import shutil
 import struct
 import threading
@@ -47,7 +48,6 @@ class FileStream:
         self.out, self.with_secrets = out, with_secrets
         self.staging = out / STAGING
         self._by_address = by_address
-        self._lock = threading.Lock()
         self._pid = 0
         self._status = ""
         check(out)                               # a new, empty or previous plan directory only
@@ -71,6 +71,12 @@ class FileStream:
         os.close(to_child)
         os.close(from_child)
         self._pid = pid
+        # A write to the pipe lets go of the GIL and then waits to take it back: made by a
+        # registration thread, inside the engine's order lock, it held up every other
+        # registration. ``feed`` only queues; one sender thread writes.
+        self._queue: queue.SimpleQueue[list | None] = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_all, name="phoenix-plan-files", daemon=True)
+        self._sender.start()
 
     def feed(self, r: Recorded) -> None:
         """Pass the child what ``r`` adds: its secret outputs, and its bundle when it is a step that
@@ -84,22 +90,28 @@ class FileStream:
             if isinstance(stdin, str) and stdin and guest is not None:
                 items.append(("step", r.name, guest, stdin))
         if items:
-            self._send(items)
+            self._queue.put(items)
 
-    def _send(self, items: list) -> None:
-        payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
-        data = memoryview(_FRAME.pack(len(payload)) + payload)
-        with self._lock:
+    def _send_all(self) -> None:
+        """The sender thread: each queued list, framed, into the pipe, until None. Once the child
+        is gone (it reports why to ``finish``) the rest is dropped."""
+        while (items := self._queue.get()) is not None:
             if self._to_child < 0:
-                return
-            while data:
-                data = data[os.write(self._to_child, data):]
+                continue
+            payload = pickle.dumps(items, protocol=pickle.HIGHEST_PROTOCOL)
+            data = memoryview(_FRAME.pack(len(payload)) + payload)
+            try:
+                while data:
+                    data = data[os.write(self._to_child, data):]
+            except OSError:
+                os.close(self._to_child)
+                self._to_child = -1
 
     def finish(self) -> None:
         """Wait for the child to write the last file; Failed (and no staging left) if it could not."""
         if not self._pid:
             return
-        self._send([("end",)])
+        self._queue.put([("end",)])
         self._close()
         if self._status:
             shutil.rmtree(self.staging, ignore_errors=True)
@@ -112,7 +124,10 @@ class FileStream:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def _close(self) -> None:
-        with self._lock:
+        """Stop the sender (after what is queued), close the pipe, and wait for the child."""
+        self._queue.put(None)
+        self._sender.join()
+        if self._to_child >= 0:
             os.close(self._to_child)
             self._to_child = -1
         with os.fdopen(self._from_child, "rb") as stream:

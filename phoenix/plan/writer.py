@@ -225,6 +225,9 @@ class Plan:
             out, with_secrets) else None
         try:
             pushed = pushed_files(self.run, self.topo, self.bundles)   # refuses two owners of a path: before any write
+            # plan.json's text is made while the stream writes its last files.
+            doc = self.document()
+            plan_json = json.dumps(doc, indent=2, sort_keys=True) + "\n"
             if stream is not None:
                 stream.finish()
         except BaseException:
@@ -238,8 +241,7 @@ class Plan:
             self.stream = None
         else:
             _write_files(out / "files", pushed, self.secrets, with_secrets)
-        doc = self.document()
-        (out / "plan.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        (out / "plan.json").write_text(plan_json)
         from phoenix.plan.graph import mermaid
         (out / "topology.mmd").write_text(mermaid(self.topo))
         if with_secrets:

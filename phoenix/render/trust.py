@@ -130,8 +130,22 @@ def ca_json(lab: Lab, topo: Topology, provisioner_public_jwk: dict, provisioner_
     }
 
 
+@dataclass(frozen=True)
+class Provisioner:
+    """The JWK provisioner's key as ``ca.json`` lists it: the public JWK, and the private one sealed
+    under the provisioner password (``phoenix.pki.encrypted_jwk``)."""
+    public_jwk: dict
+    encrypted_key: str
+
+
+def provisioner(jwk_key_pem: str, password: str) -> Provisioner:
+    """Seal the provisioner's key: PBKDF2 at step's 100,000 rounds, the costliest step of the CA's files."""
+    public_jwk, private_jwk = jwk_pair(jwk_key_pem)
+    return Provisioner(public_jwk, encrypted_jwk(private_jwk, password))
+
+
 def ca_files(lab: Lab, topo: Topology, *, root_pem: str, fingerprint: str, intermediate_pem: str,
-             intermediate_key_pem: str, jwk_key_pem: str, provisioner_password: str) -> list[GuestFile]:
+             intermediate_key_pem: str, provisioner: Provisioner) -> list[GuestFile]:
     """Everything Step-CA reads.
 
     The intermediate key is stored as it is, readable by user ``step`` only (0400 in a 0700
@@ -140,8 +154,7 @@ def ca_files(lab: Lab, topo: Topology, *, root_pem: str, fingerprint: str, inter
     step's files, while the key's ciphertext would end up in plans and diffs. The key stays a
     Pulumi secret end to end (stdin of the push, redacted in the plan).
     """
-    public_jwk, private_jwk = jwk_pair(jwk_key_pem)
-    config = ca_json(lab, topo, public_jwk, encrypted_jwk(private_jwk, provisioner_password))
+    config = ca_json(lab, topo, provisioner.public_jwk, provisioner.encrypted_key)
     defaults = {"ca-url": topo.ca_url, "ca-config": CA_JSON, "fingerprint": fingerprint, "root": CA_ROOT}
     secret = dict(owner=STEP_USER, group=STEP_USER)
     return [
