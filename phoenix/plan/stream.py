@@ -34,6 +34,7 @@ from phoenix.bundle import unpack
 from phoenix.errors import Failed
 from phoenix.plan.engine import Recorded, reveal
 from phoenix.plan.outdir import STAGING, check, mark
+from phoenix.plan.writer import Secrets, command_guest, current_umask, write_private
 from phoenix.resource_types import COMMAND
 
 _FRAME = struct.Struct("!I")
@@ -85,8 +86,7 @@ class FileStream:
         for key in r.secret_outputs:
             items.append(("secret", f"{r.name}.{key}", reveal(r.outputs.get(key))))
         if r.type == COMMAND:
-            stdin, host = r.value("stdin"), (r.value("connection") or {}).get("host")
-            guest = self._by_address.get(host) if isinstance(host, str) else None
+            stdin, guest = r.value("stdin"), command_guest(r, None, self._by_address)
             if isinstance(stdin, str) and stdin and guest is not None:
                 items.append(("step", r.name, guest, stdin))
         if items:
@@ -141,7 +141,6 @@ class FileStream:
 def _child(read_fd: int, report_fd: int, staging: Path, config_secrets: dict[str, str],
            with_secrets: bool) -> None:
     """The child's whole life: write what the pipe brings until ``end``, then exit."""
-    from phoenix.plan.writer import Secrets, current_umask, write_private
     code = 1
     try:
         gc.disable()                    # short-lived: no collection walking the inherited heap
@@ -192,7 +191,6 @@ def _child(read_fd: int, report_fd: int, staging: Path, config_secrets: dict[str
 
 def _redact_again(written: list[tuple[str, str, int]], secrets: Any, mode: int, umask: int) -> None:
     """Rewrite a file that holds a secret recorded after it was written (with every secret)."""
-    from phoenix.plan.writer import write_private
     known = list(secrets.values)
     for target, content, count in written:
         if count < len(known) and any(value in content for value in known[count:]):

@@ -75,12 +75,17 @@ def guest_names_by_address(topo: Topology) -> dict[str, str]:
     return {str(g.address): g.name for g in topo.lab.guests}
 
 
-def command_guest(r: Recorded, topo: Topology, by_address: dict[str, str] | None = None) -> str | None:
-    """The guest a step runs on (by its connection's address)."""
+def command_guest(r: Recorded, topo: Topology | None, by_address: dict[str, str] | None = None) -> str | None:
+    """The guest a step runs on (by its connection's address): looked up in ``by_address``
+    (``guest_names_by_address``, made once for many lookups) when given, else in ``topo``."""
     host = (r.value("connection") or {}).get("host")
     if host is None:
         return None
-    return (by_address or guest_names_by_address(topo)).get(host)
+    if by_address is None:
+        if topo is None:
+            raise TypeError("command_guest needs a topology or an address map")
+        by_address = guest_names_by_address(topo)
+    return by_address.get(host)
 
 
 def step_bundles(run: Run) -> dict[str, list[GuestFile]]:
